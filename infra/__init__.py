@@ -1,0 +1,1 @@
+"""Where the stack's shape lives: topics, ClickHouse DDL, the local stack's parts."""

@@ -1,0 +1,256 @@
+"""A fitted router: quality estimator + cost model + policy + calibration, behind `Router`."""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from router.base import TIERS, Knobs, RouteChoice, Tier
+from router.costs import CostModel
+from router.data import RoutingTable
+from router.features import text_features
+from router.policy import (
+    NORMALIZED,
+    UTILITY,
+    Calibration,
+    calibrate,
+    floor_choice,
+    lagrangian_choice,
+    normalize_rows,
+    normalized_choice,
+    setting_for_alpha,
+    setting_for_cost,
+)
+from router.quality import ClusterQuality, KnnQuality, QualityModel
+from router.registry import assign_tiers
+from router.stacking import StackedQuality, out_of_fold
+
+DEFAULT_ALPHA = 0.5
+
+
+class KnobError(ValueError):
+    """Knobs the router cannot honour (e.g. an allowed-model list with no model it knows)."""
+
+
+@dataclass
+class Prediction:
+    quality: np.ndarray  # (n, m) expected score
+    cost: np.ndarray  # (n, m) expected USD per call
+    cluster: np.ndarray  # (n,)
+    util_q: np.ndarray
+    util_c: np.ndarray
+
+
+@dataclass
+class LearnedRouter:
+    name: str
+    models: list[str]
+    tiers: dict[str, Tier]
+    quality_model: QualityModel
+    cost_model: CostModel
+    policy: str = UTILITY
+    calibration: Calibration | None = None
+    version: str = ""
+    meta: dict = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- predictions
+    def predict(self, texts: Sequence[str], embeddings: np.ndarray) -> Prediction:
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or len(emb) != len(texts):
+            raise ValueError(f"embeddings must be (len(texts), dim); got {emb.shape} for {len(texts)} texts")
+        qp = self.quality_model.predict(emb, text_features(texts))
+        cost = self.cost_model.predict(texts)
+        if qp.util_q is not None:
+            uq, uc = qp.util_q, qp.util_c
+        else:
+            uq, uc = normalize_rows(qp.quality), normalize_rows(cost)
+        return Prediction(qp.quality, cost, qp.cluster, uq, uc)
+
+    # ---------------------------------------------------------------- knobs → choices
+    def setting(self, alpha: float | None = None, budget_usd: float | None = None) -> float:
+        """The policy's internal setting (λ or α) for a knob value."""
+        if budget_usd is not None:
+            if self.calibration is None:
+                raise KnobError(f"router {self.name!r} has no budget calibration")
+            return setting_for_cost(self.calibration, self.policy, float(budget_usd))
+        a = DEFAULT_ALPHA if alpha is None else float(alpha)
+        if self.calibration is None:
+            return a if self.policy == NORMALIZED else _uncalibrated_lambda(a, self.cost_model)
+        return setting_for_alpha(self.calibration, self.policy, a)
+
+    def choose_setting(self, pred: Prediction, setting: float, mask: np.ndarray | None = None) -> np.ndarray:
+        if self.policy == UTILITY:
+            return lagrangian_choice(pred.quality, pred.cost, setting, mask)
+        return normalized_choice(pred.util_q, pred.util_c, setting, mask)
+
+    def model_mask(self, knobs: Knobs) -> np.ndarray | None:
+        mask = None
+        if knobs.allowed_models is not None:
+            unknown = [m for m in knobs.allowed_models if m not in self.models]
+            allowed = [m for m in knobs.allowed_models if m in self.models]
+            if not allowed:
+                raise KnobError(
+                    f"none of the allowed models {list(knobs.allowed_models)} is known to router "
+                    f"{self.name!r} (it knows: {', '.join(self.models)})"
+                )
+            mask = np.isin(self.models, allowed)
+            if unknown:
+                self.meta.setdefault("ignored_unknown_models", sorted(set(unknown)))
+        if knobs.pinned_tier is not None:
+            if knobs.pinned_tier not in TIERS:
+                raise KnobError(f"unknown tier {knobs.pinned_tier!r}; use one of {', '.join(TIERS)}")
+            tier_mask = np.array([self.tiers[m] == knobs.pinned_tier for m in self.models])
+            base = mask if mask is not None else np.ones(len(self.models), bool)
+            if (tier_mask & base).any():
+                mask = tier_mask & base
+        return mask
+
+    def choose(self, pred: Prediction, knobs: Knobs, rows: np.ndarray | None = None) -> np.ndarray:
+        rows = np.arange(len(pred.quality)) if rows is None else rows
+        sub = Prediction(pred.quality[rows], pred.cost[rows], pred.cluster[rows], pred.util_q[rows], pred.util_c[rows])
+        mask = self.model_mask(knobs)
+        if knobs.quality_floor is not None:
+            return floor_choice(sub.quality, sub.cost, float(knobs.quality_floor), mask)
+        return self.choose_setting(sub, self.setting(knobs.alpha, knobs.budget_usd), mask)
+
+    def route(self, texts: Sequence[str], embeddings: np.ndarray, knobs: Sequence[Knobs]) -> list[RouteChoice]:
+        if len(knobs) != len(texts):
+            raise ValueError(f"need one Knobs per text ({len(texts)} texts, {len(knobs)} knobs)")
+        if not len(texts):
+            return []
+        pred = self.predict(texts, embeddings)
+        picks = np.zeros(len(texts), dtype=int)
+        groups: dict[Knobs, list[int]] = {}
+        for i, k in enumerate(knobs):
+            groups.setdefault(k, []).append(i)
+        for k, idx in groups.items():
+            rows = np.asarray(idx)
+            picks[rows] = self.choose(pred, k, rows)
+        out = []
+        for i, j in enumerate(picks):
+            model = self.models[j]
+            tier = knobs[i].pinned_tier or self.tiers[model]
+            out.append(
+                RouteChoice(
+                    model=model,
+                    tier=tier,
+                    cluster=int(pred.cluster[i]),
+                    predicted_quality=float(pred.quality[i, j]),
+                    predicted_cost_usd=float(pred.cost[i, j]),
+                    scores={m: round(float(q), 4) for m, q in zip(self.models, pred.quality[i])},
+                )
+            )
+        return out
+
+    def sweep_settings(self, points: int) -> list[tuple[float, float]]:
+        """(alpha, setting) for `points` knob values from cheapest (α=0) to best (α=1)."""
+        alphas = np.linspace(0.0, 1.0, points) if points > 1 else np.array([1.0])
+        return [(float(a), self.setting(alpha=float(a))) for a in alphas]
+
+
+def _uncalibrated_lambda(alpha: float, cost_model: CostModel) -> float:
+    if alpha >= 1:
+        return 0.0
+    if alpha <= 0:
+        return float("inf")
+    scale = float(np.maximum(cost_model.intercept + cost_model.slope * 1000, cost_model.floor).max())
+    return (1 - alpha) / alpha / scale
+
+
+# -------------------------------------------------------------------- fitting
+
+ROUTER_KINDS: dict[str, tuple[Callable[[], QualityModel], str]] = {
+    "switchyard": (StackedQuality, UTILITY),
+    "knn": (lambda: KnnQuality(k=20), NORMALIZED),
+    "cluster": (lambda: ClusterQuality(n_clusters=60, top_k=3), NORMALIZED),
+}
+
+
+def _register_routellm():
+    from router.quality import ClassifierQuality, MatrixFactorizationQuality, SimilarityWeightedQuality
+
+    ROUTER_KINDS.update(
+        {
+            "sw_ranking": (SimilarityWeightedQuality, UTILITY),
+            "mf": (MatrixFactorizationQuality, UTILITY),
+            "classifier": (ClassifierQuality, UTILITY),
+        }
+    )
+
+
+_register_routellm()
+
+
+def fit_router(
+    kind: str,
+    table: RoutingTable,
+    embeddings: np.ndarray,
+    calibrate_budget: bool = True,
+    n_folds: int = 5,
+    seed: int = 0,
+) -> LearnedRouter:
+    """Fit one router kind on a routing table (all its rows are training rows)."""
+    if kind not in ROUTER_KINDS:
+        raise ValueError(f"unknown router kind {kind!r}; known: {', '.join(ROUTER_KINDS)}")
+    make, policy = ROUTER_KINDS[kind]
+    emb = np.asarray(embeddings, dtype=np.float32)
+    feats = text_features(table.texts)
+    quality = make().fit(emb, feats, table.scores, table.costs)
+    cost_model = CostModel.fit(table.texts, table.costs)
+    calibration = None
+    if calibrate_budget:
+        if isinstance(quality, StackedQuality):
+            oof_q = quality.oof_quality
+        else:
+            oof_q = out_of_fold(make, emb, feats, table.scores, table.costs, n_folds, seed)
+        oof_cost = _oof_costs(table, n_folds, seed)
+        uq = uc = None
+        if policy == NORMALIZED:
+            if isinstance(quality, ClusterQuality):  # cluster terms from fold models
+                uq, uc = _oof_cluster_terms(make, emb, feats, table, n_folds, seed)
+            else:
+                uq, uc = normalize_rows(oof_q), normalize_rows(oof_cost)
+        calibration = calibrate(policy, oof_q, oof_cost, table.scores, table.costs, uq, uc)
+    tiers = assign_tiers(table.models, dict(zip(table.models, table.costs.mean(axis=0))))
+    router = LearnedRouter(kind, list(table.models), tiers, quality, cost_model, policy, calibration)
+    router.meta = {
+        "dataset": table.dataset,
+        "n_train_queries": len(table),
+        "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return router
+
+
+def _oof_costs(table: RoutingTable, n_folds: int, seed: int) -> np.ndarray:
+    from router.stacking import kfold_indices
+
+    out = np.zeros_like(table.costs)
+    for test in kfold_indices(len(table), n_folds, seed):
+        train = np.setdiff1d(np.arange(len(table)), test)
+        cm = CostModel.fit([table.texts[i] for i in train], table.costs[train])
+        out[test] = cm.predict([table.texts[i] for i in test])
+    return out
+
+
+def _oof_cluster_terms(make, emb, feats, table, n_folds, seed):
+    from router.stacking import kfold_indices
+
+    uq = np.zeros_like(table.scores, dtype=float)
+    uc = np.zeros_like(uq)
+    for test in kfold_indices(len(table), n_folds, seed):
+        train = np.setdiff1d(np.arange(len(table)), test)
+        p = make().fit(emb[train], feats[train], table.scores[train], table.costs[train]).predict(emb[test], feats[test])
+        uq[test], uc[test] = p.util_q, p.util_c
+    return uq, uc
+
+
+def content_version(arrays: dict[str, np.ndarray], meta: dict) -> str:
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(arrays[key]).tobytes())
+    h.update(repr(sorted(meta.items())).encode())
+    return h.hexdigest()[:12]

@@ -1,0 +1,380 @@
+"""Per-query, per-model quality estimators: kNN, clusters (Avengers-Pro), RouteLLM's family
+(similarity-weighted, matrix factorisation, classifier) and the stacked Switchyard default.
+
+Each estimator is fitted on embeddings + cheap text features + a (queries × models) score
+matrix, predicts a (queries × models) matrix of expected scores, and round-trips through
+`state()` / `from_state()` as plain JSON params + numpy arrays (no pickles). Inference is
+numpy only; scikit-learn / torch are used to fit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+EPS = 1e-4
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -40, 40)))
+
+
+@dataclass
+class QualityPrediction:
+    """quality: expected score (n, m). util_q / util_c: Avengers-style normalised performance and
+    cost terms (n, m) where the estimator defines them; cluster: nearest cluster id or -1."""
+
+    quality: np.ndarray
+    cluster: np.ndarray
+    util_q: np.ndarray | None = None
+    util_c: np.ndarray | None = None
+
+
+def _chunks(n: int, size: int = 2048):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+class QualityModel:
+    kind: ClassVar[str] = ""
+
+    def fit(self, emb: np.ndarray, feats: np.ndarray, scores: np.ndarray, costs: np.ndarray):
+        raise NotImplementedError
+
+    def predict(self, emb: np.ndarray, feats: np.ndarray) -> QualityPrediction:
+        raise NotImplementedError
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, params: dict, arrays: dict[str, np.ndarray]) -> "QualityModel":
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- kNN
+
+
+@dataclass
+class KnnQuality(QualityModel):
+    """Mean score of the k most similar training queries (cosine on normalised embeddings)."""
+
+    kind: ClassVar[str] = "knn"
+    k: int = 20
+    weighted: bool = False
+    train_emb: np.ndarray | None = None
+    train_scores: np.ndarray | None = None
+
+    def fit(self, emb, feats, scores, costs):
+        self.train_emb = emb.astype(np.float16)
+        self.train_scores = scores.astype(np.float32)
+        return self
+
+    def predict(self, emb, feats):
+        n = len(emb)
+        k = min(self.k, len(self.train_emb))
+        out = np.zeros((n, self.train_scores.shape[1]), dtype=np.float64)
+        train = self.train_emb.astype(np.float32)
+        for sl in _chunks(n):
+            sims = emb[sl] @ train.T
+            idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            neigh = self.train_scores[idx]  # (b, k, m)
+            if self.weighted:
+                w = np.exp(10.0 * np.take_along_axis(sims, idx, axis=1))
+                w /= w.sum(axis=1, keepdims=True)
+                out[sl] = np.einsum("bk,bkm->bm", w, neigh)
+            else:
+                out[sl] = neigh.mean(axis=1)
+        return QualityPrediction(out, np.full(n, -1))
+
+    def state(self):
+        return {"k": self.k, "weighted": self.weighted}, {
+            "train_emb": self.train_emb,
+            "train_scores": self.train_scores.astype(np.float16),
+        }
+
+    @classmethod
+    def from_state(cls, params, arrays):
+        return cls(
+            k=params["k"],
+            weighted=params.get("weighted", False),
+            train_emb=arrays["train_emb"],
+            train_scores=arrays["train_scores"].astype(np.float32),
+        )
+
+
+# --------------------------------------------------------------------------- RouteLLM SW
+
+
+@dataclass
+class SimilarityWeightedQuality(QualityModel):
+    """RouteLLM's similarity-weighted router, pointwise: every training query votes with weight
+    γ^(1+10·sim) (γ=10, i.e. exp(23·sim)); the weighted mean score per model is its quality.
+    (RouteLLM fits a weighted Bradley–Terry model on pairwise battles; with per-model outcomes
+    for every query the weighted mean is the direct estimate of the same preference.)"""
+
+    kind: ClassVar[str] = "sw_ranking"
+    temperature: float = 23.0
+    train_emb: np.ndarray | None = None
+    train_scores: np.ndarray | None = None
+
+    def fit(self, emb, feats, scores, costs):
+        self.train_emb = emb.astype(np.float16)
+        self.train_scores = scores.astype(np.float32)
+        return self
+
+    def predict(self, emb, feats):
+        train = self.train_emb.astype(np.float32)
+        out = np.zeros((len(emb), self.train_scores.shape[1]))
+        for sl in _chunks(len(emb)):
+            logits = self.temperature * (emb[sl] @ train.T)
+            w = np.exp(logits - logits.max(axis=1, keepdims=True))
+            w /= w.sum(axis=1, keepdims=True)
+            out[sl] = w @ self.train_scores
+        return QualityPrediction(out, np.full(len(emb), -1))
+
+    def state(self):
+        return {"temperature": self.temperature}, {
+            "train_emb": self.train_emb,
+            "train_scores": self.train_scores.astype(np.float16),
+        }
+
+    @classmethod
+    def from_state(cls, params, arrays):
+        return cls(params["temperature"], arrays["train_emb"], arrays["train_scores"].astype(np.float32))
+
+
+# --------------------------------------------------------------------------- Avengers-Pro clusters
+
+
+@dataclass
+class ClusterQuality(QualityModel):
+    """Avengers-Pro: k-means over embeddings; per-cluster, per-model mean score and cost; a query
+    uses its top_k nearest clusters. util_q / util_c are the per-cluster min–max normalised
+    performance and cost summed over those clusters (the paper's performance–efficiency score is
+    α·util_q + (1−α)·(top_k − util_c))."""
+
+    kind: ClassVar[str] = "cluster"
+    n_clusters: int = 60
+    top_k: int = 3
+    prior_strength: float = 2.0
+    seed: int = 0
+    centers: np.ndarray | None = None
+    perf: np.ndarray | None = None
+    cost: np.ndarray | None = None
+
+    def fit(self, emb, feats, scores, costs):
+        from sklearn.cluster import KMeans
+
+        k = max(2, min(self.n_clusters, len(emb) // 10))
+        km = KMeans(n_clusters=k, n_init=3, random_state=self.seed).fit(emb)
+        labels = km.labels_
+        prior = scores.mean(axis=0)
+        perf = np.zeros((k, scores.shape[1]))
+        cost = np.zeros_like(perf)
+        for c in range(k):
+            mask = labels == c
+            cnt = mask.sum()
+            perf[c] = (scores[mask].sum(axis=0) + self.prior_strength * prior) / (cnt + self.prior_strength)
+            cost[c] = costs[mask].mean(axis=0) if cnt else costs.mean(axis=0)
+        self.centers = km.cluster_centers_.astype(np.float32)
+        self.perf, self.cost = perf, cost
+        return self
+
+    def nearest(self, emb: np.ndarray) -> np.ndarray:
+        """(n, top_k) cluster ids, nearest first."""
+        d = -2 * emb @ self.centers.T + (self.centers**2).sum(axis=1)[None, :]
+        k = min(self.top_k, len(self.centers))
+        idx = np.argpartition(d, k - 1, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(d, idx, axis=1), axis=1)
+        return np.take_along_axis(idx, order, axis=1)
+
+    def predict(self, emb, feats):
+        top = self.nearest(emb)
+
+        def norm(x):
+            lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+            return (x - lo) / np.maximum(hi - lo, 1e-12)
+
+        perf_n, cost_n = norm(self.perf), norm(self.cost)
+        quality = self.perf[top].mean(axis=1)
+        return QualityPrediction(quality, top[:, 0], perf_n[top].sum(axis=1), cost_n[top].sum(axis=1))
+
+    def state(self):
+        return {"n_clusters": self.n_clusters, "top_k": self.top_k, "prior_strength": self.prior_strength}, {
+            "centers": self.centers,
+            "perf": self.perf,
+            "cost": self.cost,
+        }
+
+    @classmethod
+    def from_state(cls, params, arrays):
+        return cls(
+            n_clusters=params["n_clusters"],
+            top_k=params["top_k"],
+            prior_strength=params["prior_strength"],
+            centers=arrays["centers"],
+            perf=arrays["perf"],
+            cost=arrays["cost"],
+        )
+
+
+# --------------------------------------------------------------------------- inputs for parametric models
+
+
+@dataclass
+class Standardizer:
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "Standardizer":
+        return cls(x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.scale
+
+
+def design_matrix(emb: np.ndarray, feats: np.ndarray, std: Standardizer, feature_weight: float = 0.3) -> np.ndarray:
+    return np.hstack([emb, feature_weight * std(feats)]).astype(np.float64)
+
+
+def fit_soft_logistic(x: np.ndarray, y: np.ndarray, c: float, max_iter: int = 300):
+    """Logistic regression on targets in [0, 1]: each row counts as y positive + (1−y) negative."""
+    from sklearn.linear_model import LogisticRegression
+
+    hard = np.isin(y, (0.0, 1.0))
+    if hard.all():
+        xs, ys, ws = x, y.astype(int), None
+    else:
+        xs = np.vstack([x, x])
+        ys = np.r_[np.ones(len(y), int), np.zeros(len(y), int)]
+        ws = np.r_[y, 1 - y]
+        keep = ws > 0
+        xs, ys, ws = xs[keep], ys[keep], ws[keep]
+    if len(np.unique(ys)) < 2:  # a model that always / never succeeds
+        p = float(np.clip(ys.mean() if ws is None else np.average(ys, weights=ws), EPS, 1 - EPS))
+        return np.zeros(x.shape[1]), float(np.log(p / (1 - p)))
+    clf = LogisticRegression(C=c, max_iter=max_iter).fit(xs, ys, sample_weight=ws)
+    return clf.coef_[0].copy(), float(clf.intercept_[0])
+
+
+# --------------------------------------------------------------------------- RouteLLM classifier
+
+
+@dataclass
+class ClassifierQuality(QualityModel):
+    """RouteLLM-style classifier over embeddings (+ text features): one logistic regression per
+    model predicting that model's success."""
+
+    kind: ClassVar[str] = "classifier"
+    c: float = 0.5
+    coef: np.ndarray | None = None  # (m, d)
+    intercept: np.ndarray | None = None  # (m,)
+    std: Standardizer | None = None
+
+    def fit(self, emb, feats, scores, costs):
+        self.std = Standardizer.fit(feats)
+        x = design_matrix(emb, feats, self.std)
+        fits = [fit_soft_logistic(x, scores[:, j], self.c) for j in range(scores.shape[1])]
+        self.coef = np.array([f[0] for f in fits])
+        self.intercept = np.array([f[1] for f in fits])
+        return self
+
+    def predict(self, emb, feats):
+        x = design_matrix(emb, feats, self.std)
+        return QualityPrediction(sigmoid(x @ self.coef.T + self.intercept), np.full(len(emb), -1))
+
+    def state(self):
+        return {"c": self.c}, {
+            "coef": self.coef,
+            "intercept": self.intercept,
+            "std_mean": self.std.mean,
+            "std_scale": self.std.scale,
+        }
+
+    @classmethod
+    def from_state(cls, params, arrays):
+        return cls(params["c"], arrays["coef"], arrays["intercept"], Standardizer(arrays["std_mean"], arrays["std_scale"]))
+
+
+# --------------------------------------------------------------------------- RouteLLM matrix factorisation
+
+
+@dataclass
+class MatrixFactorizationQuality(QualityModel):
+    """RouteLLM's matrix factorisation: score(m, q) = σ(w·(v_m ⊙ (W q)) + b_m), trained pointwise
+    with binary cross-entropy on per-model outcomes (torch, full batch, Adam)."""
+
+    kind: ClassVar[str] = "mf"
+    dim: int = 64
+    epochs: int = 300
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    seed: int = 0
+    proj: np.ndarray | None = None  # (dim, d)
+    model_vecs: np.ndarray | None = None  # (m, dim)
+    out_w: np.ndarray | None = None  # (dim,)
+    bias: np.ndarray | None = None  # (m,)
+
+    def fit(self, emb, feats, scores, costs):
+        import torch
+
+        torch.manual_seed(self.seed)
+        x = torch.tensor(emb, dtype=torch.float32)
+        y = torch.tensor(scores, dtype=torch.float32)
+        d, m = x.shape[1], y.shape[1]
+        proj = torch.nn.Parameter(torch.randn(self.dim, d) / d**0.5)
+        vecs = torch.nn.Parameter(torch.randn(m, self.dim) * 0.1 + 1.0)
+        out_w = torch.nn.Parameter(torch.randn(self.dim) / self.dim**0.5)
+        prior = torch.logit(y.mean(0).clamp(EPS, 1 - EPS))
+        bias = torch.nn.Parameter(prior.clone())
+        opt = torch.optim.Adam([proj, vecs, out_w, bias], lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        for _ in range(self.epochs):
+            opt.zero_grad()
+            h = x @ proj.T  # (n, dim)
+            logits = (h[:, None, :] * vecs[None, :, :]) @ out_w + bias
+            loss = loss_fn(logits, y)
+            loss.backward()
+            opt.step()
+        self.proj = proj.detach().numpy()
+        self.model_vecs = vecs.detach().numpy()
+        self.out_w = out_w.detach().numpy()
+        self.bias = bias.detach().numpy()
+        return self
+
+    def predict(self, emb, feats):
+        h = emb @ self.proj.T
+        logits = (h[:, None, :] * self.model_vecs[None]) @ self.out_w + self.bias
+        return QualityPrediction(sigmoid(logits), np.full(len(emb), -1))
+
+    def state(self):
+        return {"dim": self.dim}, {
+            "proj": self.proj,
+            "model_vecs": self.model_vecs,
+            "out_w": self.out_w,
+            "bias": self.bias,
+        }
+
+    @classmethod
+    def from_state(cls, params, arrays):
+        return cls(
+            dim=params["dim"],
+            proj=arrays["proj"],
+            model_vecs=arrays["model_vecs"],
+            out_w=arrays["out_w"],
+            bias=arrays["bias"],
+        )
+
+
+ESTIMATORS: dict[str, type[QualityModel]] = {
+    cls.kind: cls
+    for cls in (KnnQuality, SimilarityWeightedQuality, ClusterQuality, ClassifierQuality, MatrixFactorizationQuality)
+}

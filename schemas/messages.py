@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.common import SCHEMA_VERSION, Tier, request_id_for, utcnow
+
+
+class _Message(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+
+
+# --- the request, as a client writes it (OpenAI Batch compatible) --------------------------
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+
+class ChatCompletionBody(BaseModel):
+    """The `body` of a /v1/chat/completions request. Unknown OpenAI fields pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=32768)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+
+    def prompt_text(self) -> str:
+        return "\n".join(m.content for m in self.messages)
+
+    def last_user_text(self) -> str:
+        users = [m.content for m in self.messages if m.role == "user"]
+        return users[-1] if users else self.messages[-1].content
+
+
+class RoutingPolicy(BaseModel):
+    """What a tenant may say about the quality/cost trade-off of a request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float | None = Field(default=None, ge=0, le=1)
+    budget_usd: float | None = Field(default=None, gt=0)
+    quality_floor: float | None = Field(default=None, ge=0, le=1)
+    allowed_models: list[str] | None = None
+    pinned_tier: Tier | None = None
+
+
+class BatchRequestLine(_Message):
+    """One line of an OpenAI Batch input file, plus Switchyard's own optional fields."""
+
+    custom_id: str = Field(min_length=1, max_length=512)
+    method: Literal["POST"] = "POST"
+    url: Literal["/v1/chat/completions"] = "/v1/chat/completions"
+    body: ChatCompletionBody
+    tenant: str = Field(default="default", min_length=1)
+    job_id: str | None = None
+    routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
+
+
+class QueryRequest(BatchRequestLine):
+    """A request on the `queries` topic: a batch line whose job is known."""
+
+    job_id: str = Field(min_length=1, max_length=256)
+    submitted_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def request_id(self) -> str:
+        return request_id_for(self.job_id, self.custom_id)
+
+
+# --- routing ---------------------------------------------------------------------------------
+
+
+class _RequestRef(_Message):
+    request_id: str
+    job_id: str
+    tenant: str
+    custom_id: str
+
+
+class RoutingDecision(_RequestRef):
+    tier: Tier
+    cluster: int
+    router_model: str = Field(description="the model the router picked from its candidate set")
+    served_model: str = Field(description="the local model that serves the tier")
+    router_version: str
+    predicted_quality: float
+    predicted_cost_usd: float
+    scores: dict[str, float] = Field(default_factory=dict)
+    policy: RoutingPolicy = Field(default_factory=RoutingPolicy)
+    prompt_chars: int
+    submitted_at: datetime
+    decided_at: datetime = Field(default_factory=utcnow)
+
+
+class WorkItem(_RequestRef):
+    """What a tier worker consumes from work.<tier>."""
+
+    tier: Tier
+    body: ChatCompletionBody
+    router_version: str
+    submitted_at: datetime
+    decided_at: datetime
+
+    @model_validator(mode="after")
+    def _ids_agree(self) -> WorkItem:
+        if self.request_id != request_id_for(self.job_id, self.custom_id):
+            raise ValueError("request_id does not match job_id and custom_id")
+        return self
+
+
+# --- results and feedback ----------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Result(_RequestRef):
+    tier: Tier
+    model: str
+    status: Literal["ok", "error"]
+    response: dict[str, Any] | None = Field(default=None, description="OpenAI chat.completion")
+    error: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: float = 0.0
+    model_latency_ms: float = 0.0
+    end_to_end_ms: float = 0.0
+    router_version: str
+    submitted_at: datetime
+    finished_at: datetime = Field(default_factory=utcnow)
+
+    def answer_text(self) -> str:
+        if not self.response:
+            return ""
+        choices = self.response.get("choices") or [{}]
+        return (choices[0].get("message") or {}).get("content") or ""
+
+    def to_batch_output_line(self) -> dict[str, Any]:
+        """The OpenAI Batch output format, so existing batch consumers read our files."""
+        ok = self.status == "ok"
+        return {
+            "id": f"batch_req_{self.request_id}",
+            "custom_id": self.custom_id,
+            "response": (
+                {"status_code": 200, "request_id": self.request_id, "body": self.response}
+                if ok
+                else None
+            ),
+            "error": None if ok else {"code": "model_error", "message": self.error},
+        }
+
+
+class Feedback(_Message):
+    request_id: str
+    job_id: str
+    source: Literal["label", "rating", "auto_grade"]
+    score: float = Field(ge=0, le=1)
+    metric: str | None = None
+    comment: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+# --- dead letters ------------------------------------------------------------------------------
+
+
+class DeadLetter(_Message):
+    stage: str
+    reason: str
+    original: str = Field(description="the original bytes, decoded as UTF-8 with replacement")
+    topic: str
+    partition: int
+    offset: int
+    job_id: str | None = None
+    key: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("a dead letter needs a human-readable reason")
+        return v

@@ -1,0 +1,1 @@
+"""Stream stages: thin Kafka adapters around pure processors."""

@@ -1,0 +1,79 @@
+"""The router stage's processor: raw query records in, decisions, work items and dead letters out.
+
+No Kafka here: the faust agent in `streams.router_app` feeds it micro-batches, so the same code
+is tested directly and runs offline.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import numpy as np
+
+from infra.topics import DECISIONS, DLQ, work_topic
+from router.base import Knobs, Router
+from schemas import QueryRequest, RoutingDecision, WorkItem, encode
+from schemas.common import utcnow
+from schemas.validation import InvalidMessage, parse_query
+from streams.records import Output, RawRecord, dead_letter
+
+log = logging.getLogger(__name__)
+
+STAGE = "router"
+EmbedFn = Callable[[Sequence[str]], np.ndarray]
+
+
+def knobs_for(request: QueryRequest) -> Knobs:
+    p = request.routing
+    return Knobs(
+        alpha=p.alpha, budget_usd=p.budget_usd, quality_floor=p.quality_floor,
+        allowed_models=tuple(p.allowed_models) if p.allowed_models else None,
+        pinned_tier=p.pinned_tier,
+    )
+
+
+class RouterProcessor:
+    def __init__(self, router: Router, embed: EmbedFn, served_models: dict[str, str],
+                 topic_prefix: str = ""):
+        self.router = router
+        self.embed = embed
+        self.served_models = served_models  # tier -> local model name
+        self.prefix = topic_prefix
+
+    def _topic(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def process(self, records: Sequence[RawRecord]) -> list[Output]:
+        outputs: list[Output] = []
+        valid: list[tuple[RawRecord, QueryRequest]] = []
+        for record in records:
+            try:
+                valid.append((record, parse_query(record.value, record.headers)))
+            except InvalidMessage as exc:
+                outputs.append(dead_letter(STAGE, exc.reason, record, self._topic(DLQ), exc.job_id))
+        if not valid:
+            return outputs
+        texts = [req.body.last_user_text() for _, req in valid]
+        embeddings = self.embed(texts)
+        choices = self.router.route(texts, embeddings, [knobs_for(req) for _, req in valid])
+        decided_at = utcnow()
+        for (record, req), choice in zip(valid, choices):
+            key = req.request_id.encode()
+            ref = dict(request_id=req.request_id, job_id=req.job_id, tenant=req.tenant,
+                       custom_id=req.custom_id)
+            decision = RoutingDecision(
+                **ref, tier=choice.tier, cluster=choice.cluster, router_model=choice.model,
+                served_model=self.served_models[choice.tier], router_version=self.router.version,
+                predicted_quality=choice.predicted_quality,
+                predicted_cost_usd=choice.predicted_cost_usd, scores=choice.scores,
+                policy=req.routing, prompt_chars=len(req.body.prompt_text()),
+                submitted_at=req.submitted_at, decided_at=decided_at,
+            )
+            work = WorkItem(
+                **ref, tier=choice.tier, body=req.body, router_version=self.router.version,
+                submitted_at=req.submitted_at, decided_at=decided_at,
+            )
+            # Work first: a decision without work would claim routing that never happened.
+            outputs.append(Output(self._topic(work_topic(choice.tier)), key, encode(work)))
+            outputs.append(Output(self._topic(DECISIONS), key, encode(decision)))
+        return outputs

@@ -1,0 +1,279 @@
+"""`switchyard router fit|route` and `switchyard bench routing` (mounted by switchyard.cli)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+router_app = typer.Typer(help="Fit learned routers and route query files offline.", no_args_is_help=True)
+bench_app = typer.Typer(help="Offline benchmarks.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+class InputError(Exception):
+    pass
+
+
+@contextmanager
+def clear_errors():
+    """Bad input → one readable line on stderr and exit code 2, never a traceback."""
+    from router.artifact import ArtifactError
+    from router.data import RoutingDataError
+    from router.learned import KnobError
+
+    try:
+        yield
+    except (InputError, RoutingDataError, ArtifactError, KnobError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+
+
+def _paths(spec: str) -> list[Path]:
+    paths = [Path(p.strip()) for p in spec.split(",") if p.strip()]
+    if not paths:
+        raise InputError("--data needs at least one file")
+    for p in paths:
+        if not p.exists():
+            raise InputError(f"data file not found: {p}")
+    return paths
+
+
+def _prices(path: Optional[Path]):
+    if path is None:
+        return None
+    from router.registry import load_prices
+
+    try:
+        return load_prices(path)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _embed_with_progress(texts: list[str], label: str, cache_dir: Optional[Path]):
+    from router.embeddings import content_key, embed, _cache_for
+
+    cache = _cache_for(cache_dir)
+    todo = len({k for k, v in zip(map(content_key, texts), cache.get([content_key(t) for t in texts])) if v is None})
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True, disable=todo == 0,
+    ) as progress:
+        task = progress.add_task(f"embedding {label}", total=todo)
+        return embed(texts, cache_dir=cache_dir, progress=lambda n: progress.advance(task, n))
+
+
+def _tables_by_dataset(paths, dataset, prices):
+    from router.data import build_table, load_rows
+
+    rows = load_rows(paths, dataset)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(str(r.get("dataset") or "routing"), []).append(r)
+    return {name: build_table(rs, prices) for name, rs in groups.items()}
+
+
+# ----------------------------------------------------------------------------- router fit
+
+
+@router_app.command("fit")
+def fit(
+    data: str = typer.Option(..., "--data", help="Routing data file(s), comma-separated (jsonl or jsonl.gz)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the router artifact to."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Use only rows of this dataset."),
+    prices: Optional[Path] = typer.Option(None, "--prices", help="Prices file for rows without cost_usd."),
+    kind: str = typer.Option("switchyard", "--kind", help="Router kind (switchyard, knn, cluster, sw_ranking, mf, classifier)."),
+    embed_cache: Optional[Path] = typer.Option(None, "--embed-cache", help="Embedding cache directory."),
+):
+    """Fit a router on the rows whose split is train and save it as an artifact."""
+    with clear_errors():
+        from router.artifact import save_router
+        from router.data import build_table, load_rows
+        from router.learned import ROUTER_KINDS, fit_router
+
+        if kind not in ROUTER_KINDS:
+            raise InputError(f"unknown --kind {kind!r}; choose one of {', '.join(ROUTER_KINDS)}")
+        t0 = time.perf_counter()
+        rows = load_rows(_paths(data), dataset)
+        datasets = sorted({str(r.get("dataset")) for r in rows})
+        if len(datasets) > 1 and dataset is None:
+            raise InputError(f"data holds several datasets ({', '.join(datasets)}); pick one with --dataset")
+        table = build_table(rows, _prices(prices), splits=["train"])
+        emb = _embed_with_progress(table.texts, f"{len(table)} queries", embed_cache)
+        t1 = time.perf_counter()
+        with console.status(f"fitting {kind} router on {len(table)} queries × {len(table.models)} models"):
+            router = fit_router(kind, table, emb)
+        save_router(router, out)
+        t2 = time.perf_counter()
+        size = sum(f.stat().st_size for f in Path(out).iterdir())
+        console.print(
+            f"fitted [bold]{kind}[/bold] on {table.dataset}: {len(table)} queries × {len(table.models)} models "
+            f"(embed {t1 - t0:.1f}s, fit {t2 - t1:.1f}s) → {out} (version {router.version}, {size / 1e6:.2f} MB)"
+        )
+        tiers = Table("model", "tier", "train quality", "train mean cost $")
+        for j, m in enumerate(table.models):
+            tiers.add_row(m, router.tiers[m], f"{table.scores[:, j].mean():.3f}", f"{table.costs[:, j].mean():.6f}")
+        console.print(tiers)
+
+
+# ----------------------------------------------------------------------------- router route
+
+
+def _read_queries(path: Path) -> tuple[list[str], list[str]]:
+    from router.data import read_jsonl
+
+    ids, texts, seen = [], [], set()
+    for n, rec in enumerate(read_jsonl(path), 1):
+        qid, text = rec.get("query_id"), rec.get("query_text")
+        if qid is None:
+            raise InputError(f"{path}: line {n} has no query_id")
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"{path}: query {qid!r} (line {n}) has an empty or missing query_text")
+        if str(qid) in seen:
+            raise InputError(f"{path}: duplicate query_id {qid!r} (line {n})")
+        seen.add(str(qid))
+        ids.append(str(qid))
+        texts.append(text)
+    if not ids:
+        raise InputError(f"{path}: no queries")
+    return ids, texts
+
+
+@router_app.command("route")
+def route(
+    router_dir: Path = typer.Option(..., "--router", help="Router artifact directory."),
+    queries: Path = typer.Option(..., "--queries", help="JSONL of {query_id, query_text}."),
+    out: Path = typer.Option(..., "--out", help="Output JSONL of {query_id, point, knob, model}."),
+    sweep: int = typer.Option(21, "--sweep", min=1, help="Operating points from cheapest (knob 0) to best (knob 1)."),
+    allowed_models: Optional[str] = typer.Option(None, "--allowed-models", help="Comma-separated models to choose from."),
+    embed_cache: Optional[Path] = typer.Option(None, "--embed-cache", help="Embedding cache directory."),
+):
+    """Route every query at each operating point of the knob sweep."""
+    with clear_errors():
+        import numpy as np
+
+        from router.artifact import load_router
+        from router.base import Knobs
+
+        router = load_router(router_dir)
+        allowed = None
+        if allowed_models:
+            allowed = tuple(m.strip() for m in allowed_models.split(",") if m.strip())
+            unknown = [m for m in allowed if m not in router.models]
+            if unknown:
+                raise InputError(f"unknown model(s) {', '.join(unknown)}; router knows: {', '.join(router.models)}")
+        ids, texts = _read_queries(queries)
+        t0 = time.perf_counter()
+        emb = _embed_with_progress(texts, f"{len(texts)} queries", embed_cache)
+        t1 = time.perf_counter()
+        pred = router.predict(texts, emb)
+        mask = router.model_mask(Knobs(allowed_models=allowed)) if allowed else None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w") as fh:
+            for point, (alpha, setting) in enumerate(router.sweep_settings(sweep)):
+                picks = router.choose_setting(pred, setting, mask)
+                for qid, j in zip(ids, picks):
+                    fh.write(json.dumps({"query_id": qid, "point": point, "knob": round(alpha, 6), "model": router.models[j]}) + "\n")
+        t2 = time.perf_counter()
+        console.print(
+            f"routed {len(ids)} queries × {sweep} points with {router.name} (version {router.version}) → {out} "
+            f"(embed {t1 - t0:.1f}s, route {t2 - t1:.1f}s)"
+        )
+
+
+# ----------------------------------------------------------------------------- bench routing
+
+
+def _fmt(v: float, pct: bool = True) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:.1f}" if pct else f"{v:.3f}"
+
+
+def render_bench_table(result: dict) -> Table:
+    from router.metrics import METRIC_LABELS
+
+    ref = result["reference"]
+    table = Table(
+        title=f"{result['dataset']}: {result['n_train_queries']} train / {result['n_eval_queries']} "
+        f"{result['eval_source']} queries; best single = {ref['best_quality']:.3f} @ ${ref['best_cost']:.6f}"
+    )
+    table.add_column("router")
+    for label in METRIC_LABELS.values():
+        table.add_column(label, justify="right")
+    for name, m in result["metrics"].items():
+        table.add_row(name, *[_fmt(m[k], pct=k != "apgr") for k in METRIC_LABELS])
+    return table
+
+
+@bench_app.command("routing")
+def bench_routing(
+    data: str = typer.Option(..., "--data", help="Routing data file(s), comma-separated."),
+    json_out: Path = typer.Option(..., "--json", help="Write curves and metrics here."),
+    prices: Optional[Path] = typer.Option(None, "--prices", help="Prices file for rows without cost_usd."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
+    sweep: int = typer.Option(21, "--sweep", min=2, help="Operating points per router."),
+    routers: str = typer.Option("switchyard,knn,cluster,sw_ranking,mf,classifier", "--routers"),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.05, max=0.5),
+    seed: int = typer.Option(0, "--seed"),
+    embed_cache: Optional[Path] = typer.Option(None, "--embed-cache"),
+):
+    """Fit on train; evaluate on test rows if present, else on a seeded validation split of train."""
+    with clear_errors():
+        import numpy as np
+
+        from router.data import validation_split
+        from router.evaluate import bench
+        from router.learned import ROUTER_KINDS
+
+        names = [r.strip() for r in routers.split(",") if r.strip()]
+        bad = [r for r in names if r not in ROUTER_KINDS]
+        if bad:
+            raise InputError(f"unknown router(s) {', '.join(bad)}; choose from {', '.join(ROUTER_KINDS)}")
+        results = {}
+        for name, table in _tables_by_dataset(_paths(data), dataset, _prices(prices)).items():
+            t0 = time.perf_counter()
+            emb = _embed_with_progress(table.texts, f"{name} ({len(table)} queries)", embed_cache)
+            t_embed = time.perf_counter() - t0
+            is_test = np.array([s == "test" for s in table.splits])
+            is_train = np.array([s == "train" for s in table.splits])
+            if is_test.any():
+                train_idx, eval_idx, source = np.flatnonzero(is_train), np.flatnonzero(is_test), "test"
+            else:
+                val = validation_split([table.query_ids[i] for i in np.flatnonzero(is_train)], val_fraction, seed)
+                tr = np.flatnonzero(is_train)
+                train_idx, eval_idx = tr[~val], tr[val]
+                source = f"validation (seed {seed}, {val_fraction:.0%} of train by query_id)"
+            if not len(train_idx) or not len(eval_idx):
+                raise InputError(f"{name}: need both training and evaluation queries")
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=console, transient=True) as progress:
+                task = progress.add_task(f"{name}", total=len(names))
+
+                def step(msg, task=task):
+                    progress.update(task, description=f"{name}: {msg}", completed=names.index(msg.split()[-1]))
+
+                res = bench(table.subset(train_idx), table.subset(eval_idx), emb[train_idx], emb[eval_idx],
+                            routers=names, points=sweep, eval_source=source, seed=seed, on_step=step)
+            res.timings_s["embed"] = round(t_embed, 2)
+            res.timings_s["total"] = round(time.perf_counter() - t0, 2)
+            out = res.to_json()
+            results[name] = out
+            Console().print(render_bench_table(out))
+            if out["budget_check"]:
+                bc = ", ".join(f"${b['target_usd']:.6f}→{b['ratio']:.2f}×" for b in out["budget_check"])
+                Console().print(f"budget calibration (realised / target mean cost): {bc}")
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=1))
+        console.print(f"wrote {json_out}")

@@ -1,0 +1,214 @@
+"""The local stack: broker, topics, Ray Serve, router stream, tier workers and sink, supervised.
+
+Every stage runs as its own process (`switchyard stage ...`), so any one can be killed and
+restarted mid-job; the broker is the exception: it keeps everything in memory, so losing it
+means restarting the whole stack (see DESIGN.md).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.broker import create_topics_sync, free_port, start_broker
+from schemas.common import TIERS
+from switchyard.settings import SETTINGS_FILE_ENV, Settings
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 5
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class Stage:
+    name: str
+    args: list[str]
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+
+@dataclass
+class StackInfo:
+    """What other processes (the CLI, tests) need to reach a running stack."""
+
+    bootstrap: str
+    query_url: str
+    pid: int
+    ray_address: str | None = None
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.__dict__))
+
+    @classmethod
+    def load(cls, path: Path) -> StackInfo | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def info_path(settings: Settings) -> Path:
+    return settings.data_dir / "stack.json"
+
+
+def run_dir(settings: Settings) -> Path:
+    return settings.data_dir / "run"
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    env: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, Stage] = field(default_factory=dict)
+    broker: subprocess.Popen | None = None
+    serve: subprocess.Popen | None = None
+    info: StackInfo | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 600) -> StackInfo:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        logs = s.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        rd = run_dir(s)
+        rd.mkdir(exist_ok=True)
+        for f in rd.glob("*"):
+            f.unlink()
+        self.broker, bootstrap = start_broker(log_path=logs / "broker.log")
+        create_topics_sync(bootstrap, s.kafka.topic_prefix)
+        s.data_dir = s.data_dir.resolve()
+        s.kafka.bootstrap = bootstrap
+        s.query_port = free_port()
+        frozen = s.data_dir / "settings.json"
+        frozen.write_text(s.model_dump_json(indent=2))
+        self.env = {**os.environ, SETTINGS_FILE_ENV: str(frozen.resolve()),
+                    "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.info = StackInfo(bootstrap=bootstrap, query_url=f"http://127.0.0.1:{s.query_port}",
+                              pid=os.getpid())
+        if s.workers.engine == "serve":
+            self.serve = self._spawn(["serve"], "serve")
+            self.info.ray_address = self._wait_for_file(rd / "serve.ready", timeout, self.serve, "serve")
+            s.workers.ray_address = self.info.ray_address
+            frozen.write_text(s.model_dump_json(indent=2))
+        self.info.save(info_path(s))
+        self.stages = {
+            "sink": Stage("sink", ["sink"]),
+            "router": Stage("router", ["router"]),
+            **{f"worker-{t}": Stage(f"worker-{t}", ["worker", "--tier", t]) for t in TIERS},
+        }
+        for stage in self.stages.values():
+            self._start_stage(stage)
+        for stage in self.stages.values():
+            self._wait_for_file(rd / f"{stage.name}.ready", timeout, stage.proc, stage.name)
+        return self.info
+
+    def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
+        log_file = open(self.settings.data_dir / "logs" / f"{name}.log", "ab")
+        return subprocess.Popen([sys.executable, "-m", "switchyard.cli", "stage", *args],
+                                env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    def _start_stage(self, stage: Stage) -> None:
+        (run_dir(self.settings) / f"{stage.name}.ready").unlink(missing_ok=True)
+        stage.proc = self._spawn(stage.args, stage.name)
+        stage.started_at = time.monotonic()
+
+    def _wait_for_file(self, path: Path, timeout: float, proc: subprocess.Popen | None, name: str) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists():
+                return path.read_text().strip()
+            if proc is not None and proc.poll() is not None:
+                tail = _tail(self.settings.data_dir / "logs" / f"{name}.log")
+                raise StackError(f"stage {name} exited with code {proc.returncode}:\n{tail}")
+            time.sleep(0.1)
+        raise StackError(f"stage {name} not ready after {timeout:.0f}s; see {self.settings.data_dir}/logs/{name}.log")
+
+    def restart_stage(self, name: str) -> None:
+        """Kill a stage hard (as a crash would) and start it again. Used by tests and `up`."""
+        stage = self.stages[name]
+        if stage.proc and stage.proc.poll() is None:
+            _kill_group(stage.proc, signal.SIGKILL)
+            stage.proc.wait()
+        stage.restarts += 1
+        self._start_stage(stage)
+
+    def check(self) -> None:
+        """Restart crashed stages; a dead broker or Ray means the stack is gone."""
+        if self.broker and self.broker.poll() is not None:
+            raise StackError("the broker exited; its topics were in memory, so the stack must restart")
+        if self.serve and self.serve.poll() is not None:
+            raise StackError(f"Ray Serve exited with code {self.serve.returncode}")
+        for stage in self.stages.values():
+            if stage.proc and stage.proc.poll() is not None:
+                if stage.restarts >= MAX_RESTARTS:
+                    raise StackError(f"stage {stage.name} keeps crashing; see logs/{stage.name}.log")
+                log.warning("stage %s exited (%s); restarting", stage.name, stage.proc.returncode)
+                stage.restarts += 1
+                self._start_stage(stage)
+
+    def supervise(self, poll_seconds: float = 1.0) -> None:
+        while True:
+            self.check()
+            time.sleep(poll_seconds)
+
+    def stop(self, grace: float = 20.0) -> None:
+        procs = [st.proc for st in self.stages.values() if st.proc] + [self.serve, self.broker]
+        for proc in procs:
+            if proc and proc.poll() is None:
+                _kill_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill_group(proc, signal.SIGKILL)
+                proc.wait()
+        info_path(self.settings).unlink(missing_ok=True)
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def mark_ready(settings: Settings, name: str, content: str = "ok") -> None:
+    path = run_dir(settings) / f"{name}.ready"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(content)
+    tmp.replace(path)

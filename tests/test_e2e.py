@@ -1,0 +1,140 @@
+"""End to end on the real embedded stack: broker, faust router stream, tier workers, chDB sink."""
+import asyncio
+import json
+import time
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas import Result
+from switchyard.warehouse import Warehouse
+
+from tests.conftest import request_line, run_job
+
+PROMPTS = ["What is 2 + 2?", "Name a fruit.", "Say hello in French.", "What colour is the sky?",
+           "Write a python function that adds two numbers.", "Who wrote Hamlet?"]
+
+
+def _lines(prefix: str, n: int) -> list[bytes]:
+    return [request_line(f"{prefix}-{i}", PROMPTS[i % len(PROMPTS)]) for i in range(n)]
+
+
+def _query(stack, sql: str, job: str) -> list[dict]:
+    wh = Warehouse.open(stack.settings)
+    assert wh.url, "while the stack runs, reads go through the sink's query endpoint"
+    return wh.rows(sql, {"job": job})
+
+
+def _wait_rows(stack, sql: str, job: str, expected: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        n = _query(stack, sql, job)[0]["n"]
+        if n >= expected or time.monotonic() > deadline:
+            return n
+        time.sleep(0.3)
+
+
+RESULTS_N = "SELECT count() AS n FROM results FINAL WHERE job_id = {job:String}"
+DECISIONS_N = "SELECT count() AS n FROM decisions FINAL WHERE job_id = {job:String}"
+
+
+def _kafka_results(settings, job_id: str) -> dict[str, list[Result]]:
+    """Every result message of a job on the results topic, replays included."""
+    async def read():
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=None)
+        await consumer.start()
+        tps = [TopicPartition("results", p) for p in range(4)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        found: dict[str, list[Result]] = {}
+        idle = 0
+        while idle < 3:
+            batch = await consumer.getmany(timeout_ms=300)
+            idle = 0 if batch else idle + 1
+            for msgs in batch.values():
+                for m in msgs:
+                    r = Result.model_validate_json(m.value)
+                    if r.job_id == job_id:
+                        found.setdefault(r.custom_id, []).append(r)
+        await consumer.stop()
+        return found
+    return asyncio.run(read())
+
+
+def test_every_request_gets_exactly_one_result_and_one_decision_row(stack):
+    sub, outcome = run_job(stack.settings, _lines("basic", 6), "e2e-basic")
+    assert set(outcome.results) == sub.expected and len(sub.expected) == 6
+    assert all(r.status == "ok" and r.answer_text() for r in outcome.results.values())
+    assert _wait_rows(stack, RESULTS_N, "e2e-basic", 6) == 6
+    assert _wait_rows(stack, DECISIONS_N, "e2e-basic", 6) == 6
+    tiers = _query(stack, "SELECT DISTINCT tier FROM decisions FINAL WHERE job_id = {job:String}", "e2e-basic")
+    assert len(tiers) >= 2, "the heuristic should spread these prompts over tiers"
+
+
+def test_submitting_the_same_job_twice_yields_no_duplicate_rows(stack):
+    lines = _lines("dup", 4)
+    run_job(stack.settings, lines, "e2e-dup")
+    run_job(stack.settings, lines, "e2e-dup")
+    # Wait until the second round really was answered (two results per request on Kafka) ...
+    deadline = time.monotonic() + 120
+    while min(map(len, (found := _kafka_results(stack.settings, "e2e-dup")).values())) < 2:
+        assert time.monotonic() < deadline, "the re-sent job was never answered again"
+        time.sleep(1)
+    newest = max(r.finished_at for rs in found.values() for r in rs)
+    # ... and stored (the column keeps milliseconds), then count with FINAL: still one row per request.
+    sql = ("SELECT count() AS n FROM results WHERE job_id = {job:String} AND finished_at >= "
+           f"toDateTime64('{newest:%Y-%m-%d %H:%M:%S}.{newest.microsecond // 1000:03d}', 3, 'UTC')")
+    assert _wait_rows(stack, sql, "e2e-dup", 1) == 1
+    assert _query(stack, RESULTS_N, "e2e-dup")[0]["n"] == 4
+    assert _query(stack, DECISIONS_N, "e2e-dup")[0]["n"] == 4
+
+
+def test_malformed_lines_are_dead_lettered_and_the_rest_completes(stack):
+    bad = [b"this is not json", b'{"custom_id": "m-x", "body": {"max_tokens": 5}}',
+           b'{"custom_id": "m-y", "body": {"messages": [{"role": "user", "content": 42}]}}']
+    sub, outcome = run_job(stack.settings, _lines("mal", 3) + bad, "e2e-malformed")
+    assert len(outcome.results) == 3 and len(outcome.dead_letters) == 3
+    rows = []
+    deadline = time.monotonic() + 60
+    while len(rows) < 3 and time.monotonic() < deadline:
+        rows = _query(stack, "SELECT stage, reason, original FROM dead_letters FINAL "
+                             "WHERE job_id = {job:String} ORDER BY offset", "e2e-malformed")
+        time.sleep(0.3)
+    reasons = sorted(r["reason"] for r in rows)
+    assert len(rows) == 3 and {r["stage"] for r in rows} == {"router"}
+    assert any("not valid JSON" in r for r in reasons)
+    assert any("body.messages: Field required" in r for r in reasons)
+    assert any("body.messages.0.content" in r for r in reasons)
+    assert "this is not json" in {r["original"] for r in rows}
+
+
+def test_restarting_stages_mid_job_leaves_exactly_one_row_per_request(stack):
+    from switchyard.jobs import JobFile, prepare, publish, wait_for
+
+    lines = _lines("restart", 12)
+    sub, messages = prepare(JobFile(stack.settings.data_dir / "r.jsonl", lines), "e2e-restart", "tests")
+    asyncio.run(publish(stack.settings.kafka, sub, messages))
+    time.sleep(2)  # let some of it be in flight
+    for name in ("worker-small", "router", "sink", "worker-medium"):
+        stack.restart_stage(name)
+    outcome = asyncio.run(wait_for(stack.settings.kafka, sub, 300))
+    assert not outcome.timed_out and set(outcome.results) == sub.expected
+    assert _wait_rows(stack, RESULTS_N, "e2e-restart", 12, timeout=120) == 12
+    assert _wait_rows(stack, DECISIONS_N, "e2e-restart", 12) == 12
+    ids = _query(stack, "SELECT custom_id FROM results FINAL WHERE job_id = {job:String}", "e2e-restart")
+    assert sorted(r["custom_id"] for r in ids) == sorted(sub.expected)
+
+
+def test_a_plain_third_party_kafka_client_gets_a_result(stack):
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": stack.settings.kafka.bootstrap, "acks": "all"})
+    line = json.loads(request_line("3p-1", "Name a planet."))
+    line["job_id"] = "e2e-third-party"
+    producer.produce("queries", json.dumps(line).encode(), key=b"e2e-third-party:3p-1")
+    assert producer.flush(30) == 0
+    from switchyard.jobs import Submission, wait_for
+
+    sub = Submission(job_id="e2e-third-party", tenant="default", expected={"3p-1"})
+    outcome = asyncio.run(wait_for(stack.settings.kafka, sub, 120))
+    assert not outcome.timed_out and outcome.results["3p-1"].status == "ok"

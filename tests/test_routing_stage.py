@@ -1,0 +1,60 @@
+"""The router stage's processor with real MiniLM embeddings (no broker needed)."""
+import json
+
+import pytest
+
+from router.embeddings import embed, load_encoder
+from router.heuristic import HeuristicRouter
+from schemas import RoutingDecision, WorkItem, decode
+from schemas.messages import DeadLetter
+from streams.records import RawRecord
+from streams.routing import RouterProcessor
+
+SERVED = {"small": "s-model", "medium": "m-model", "large": "l-model"}
+
+
+@pytest.fixture(scope="module")
+def processor():
+    encoder = load_encoder()
+    return RouterProcessor(HeuristicRouter(), lambda t: embed(t, encoder=encoder, use_cache=False), SERVED)
+
+
+def _rec(value, offset=0, job=b"job-1"):
+    return RawRecord(value=value, topic="queries", partition=1, offset=offset,
+                     headers={"switchyard-job-id": job})
+
+
+def _line(cid, prompt, **extra):
+    return json.dumps({"custom_id": cid, "body": {"messages": [{"role": "user", "content": prompt}]}, **extra}).encode()
+
+
+def test_each_valid_query_gets_work_on_its_tier_and_a_decision(processor):
+    easy = _line("easy", "What is the capital of France?")
+    hard = _line("hard", "Solve step by step: if 3x + 7 = 22 and y = 2x - 1, calculate y. Explain why. " * 6)
+    outputs = processor.process([_rec(easy, 0), _rec(hard, 1)])
+    decisions = {d.custom_id: d for d in (decode(RoutingDecision, o.value) for o in outputs if o.topic == "decisions")}
+    works = [o for o in outputs if o.topic.startswith("work.")]
+    assert set(decisions) == {"easy", "hard"} and len(works) == 2
+    assert decisions["easy"].tier == "small" and decisions["hard"].tier == "large"
+    for out in works:
+        item = decode(WorkItem, out.value)
+        assert out.topic == f"work.{item.tier}"
+        assert out.key == f"job-1:{item.custom_id}".encode()
+        assert decisions[item.custom_id].served_model == SERVED[item.tier]
+    assert all(d.router_version == "heuristic-v1" for d in decisions.values())
+
+
+def test_bad_input_goes_to_the_dlq_with_its_reason_and_the_rest_is_routed(processor):
+    outputs = processor.process([_rec(b"not json at all", 5), _rec(_line("ok", "hello"), 6),
+                                 _rec(b'{"custom_id": "x", "body": {"messages": "hi"}}', 7)])
+    letters = [decode(DeadLetter, o.value) for o in outputs if o.topic == "dlq"]
+    assert [(d.offset, d.job_id) for d in letters] == [(5, "job-1"), (7, "job-1")]
+    assert "not valid JSON" in letters[0].reason and "body.messages" in letters[1].reason
+    assert letters[0].original == "not json at all"
+    assert sum(o.topic == "decisions" for o in outputs) == 1
+
+
+def test_a_pinned_tier_is_honoured(processor):
+    line = _line("p", "What is the capital of France?", routing={"pinned_tier": "large"})
+    outputs = processor.process([_rec(line)])
+    assert {o.topic for o in outputs} == {"work.large", "decisions"}

@@ -1,0 +1,48 @@
+import json
+
+import pytest
+
+from schemas import QueryRequest, Result, WorkItem, decode, encode
+from schemas.validation import InvalidMessage, parse_query
+
+
+def test_valid_request_gets_job_from_header_and_a_request_id():
+    raw = json.dumps({"custom_id": "q1", "body": {"messages": [{"role": "user", "content": "hi"}]}}).encode()
+    req = parse_query(raw, {"switchyard-job-id": b"job-7"})
+    assert req.job_id == "job-7"
+    assert req.request_id == "job-7:q1"
+    assert decode(QueryRequest, encode(req)) == req
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "expected a JSON object"),
+    (b'{"custom_id": "a", "body": {}}', "body.messages: Field required"),
+    (b'{"custom_id": "a", "body": {"messages": [{"role": "user", "content": "x"}], "max_tokens": "lots"}}',
+     "body.max_tokens"),
+    (b'{"custom_id": "", "body": {"messages": [{"role": "user", "content": "x"}]}}', "custom_id"),
+    (b'{"custom_id": "a", "url": "/v1/embeddings", "body": {"messages": [{"role": "user", "content": "x"}]}}', "url"),
+])
+def test_bad_requests_get_readable_reasons(raw, expected):
+    with pytest.raises(InvalidMessage) as info:
+        parse_query(raw, {"switchyard-job-id": b"j"})
+    assert expected in info.value.reason
+    assert info.value.job_id == "j"
+
+
+def test_work_item_rejects_a_request_id_that_does_not_match_its_parts():
+    with pytest.raises(ValueError, match="request_id"):
+        WorkItem(request_id="x:y", job_id="x", tenant="t", custom_id="z", tier="small",
+                 body={"messages": [{"role": "user", "content": "q"}]}, router_version="v",
+                 submitted_at="2026-01-01T00:00:00Z", decided_at="2026-01-01T00:00:00Z")
+
+
+def test_result_renders_as_an_openai_batch_output_line():
+    ok = Result(request_id="j:1", job_id="j", tenant="t", custom_id="1", tier="small", model="m",
+                status="ok", response={"choices": [{"message": {"content": "hello"}}]},
+                router_version="v", submitted_at="2026-01-01T00:00:00Z")
+    line = ok.to_batch_output_line()
+    assert line["custom_id"] == "1" and line["error"] is None
+    assert line["response"]["status_code"] == 200 and ok.answer_text() == "hello"
+    failed = ok.model_copy(update={"status": "error", "response": None, "error": "boom"})
+    assert failed.to_batch_output_line()["error"]["message"] == "boom"

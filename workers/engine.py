@@ -1,0 +1,194 @@
+"""Engines: something that answers an OpenAI chat-completions body with a chat.completion dict.
+
+- :class:`XllamacppEngine` runs a GGUF in-process with xllamacpp (llama.cpp server, continuous
+  batching over ``n_parallel`` slots; calls release the GIL and run in a thread).
+- :class:`workers.serve.ServeEngine` calls a Ray Serve deployment that wraps one of those.
+
+``build_engine(tier, settings)`` picks one from ``settings.workers``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from switchyard.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(RuntimeError):
+    """A request the engine refused or failed. ``status`` follows HTTP (400: bad request,
+    500/503: engine fault); ``type`` is the OpenAI-style error type."""
+
+    def __init__(self, message: str, *, status: int = 500, type: str = "engine_error",
+                 details: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.type = type
+        self.details = details or {}
+
+    @property
+    def retryable(self) -> bool:
+        return self.status >= 500
+
+    def __reduce__(self):  # survive pickling across Ray processes with its fields
+        return (_rebuild_engine_error, (str(self), self.status, self.type, self.details))
+
+
+def _rebuild_engine_error(message, status, type, details):
+    return EngineError(message, status=status, type=type, details=details)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    async def chat(self, body: dict) -> dict:
+        """OpenAI chat-completions request body → OpenAI chat.completion dict (with usage)."""
+        ...
+
+
+# Request fields a local engine accepts; the rest (model, user, metadata, n, ...) are dropped.
+_PASS_FIELDS = {
+    "messages", "max_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "seed",
+    "presence_penalty", "frequency_penalty", "repeat_penalty", "logit_bias", "response_format",
+    "tools", "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs", "grammar",
+    "json_schema", "chat_template_kwargs",
+}
+
+
+def prepare_body(body: dict, max_tokens_cap: int) -> dict:
+    """Validate the basics and cap ``max_tokens`` (also honours ``max_completion_tokens``).
+
+    Raises EngineError(400) for malformed bodies. Streaming is not supported."""
+    if not isinstance(body, dict):
+        raise EngineError("request body must be a JSON object", status=400,
+                          type="invalid_request_error")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise EngineError("'messages' must be a non-empty array", status=400,
+                          type="invalid_request_error")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m:
+            raise EngineError(f"messages[{i}] must be an object with a 'role'", status=400,
+                              type="invalid_request_error")
+    if body.get("stream"):
+        raise EngineError("streaming is not supported", status=400, type="invalid_request_error")
+    if body.get("n", 1) not in (1, None):
+        raise EngineError("only n=1 is supported", status=400, type="invalid_request_error")
+    out = {k: v for k, v in body.items() if k in _PASS_FIELDS}
+    requested = body.get("max_completion_tokens", body.get("max_tokens"))
+    if requested is None:
+        requested = max_tokens_cap
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise EngineError(f"max_tokens must be a positive integer, got {requested!r}", status=400,
+                          type="invalid_request_error")
+    out["max_tokens"] = min(requested, max_tokens_cap)
+    return out
+
+
+class XllamacppEngine:
+    """A GGUF served in-process by xllamacpp.
+
+    ``n_ctx`` is the context of ONE request; llama.cpp splits its context across the
+    ``n_parallel`` slots, so the server gets ``n_ctx * n_parallel``."""
+
+    def __init__(self, gguf_path: str | Path, model_name: str, n_ctx: int = 2048,
+                 n_parallel: int = 2, threads: int = 1, *, max_tokens_cap: int = 256,
+                 verbosity: int = 0):
+        import xllamacpp
+
+        path = Path(gguf_path)
+        if not path.is_file():
+            raise EngineError(f"model file {path} does not exist", status=503, type="model_missing")
+        self.name = model_name
+        self.gguf_path = path
+        self.n_ctx = n_ctx
+        self.n_parallel = n_parallel
+        self.max_tokens_cap = max_tokens_cap
+        p = xllamacpp.CommonParams()
+        p.model.path = str(path)
+        p.n_ctx = n_ctx * n_parallel
+        p.n_parallel = n_parallel
+        p.cpuparams.n_threads = threads
+        p.cpuparams_batch.n_threads = threads
+        p.verbosity = verbosity  # 0: quiet (llama.cpp logs each slot at the default 3)
+        t0 = time.perf_counter()
+        try:
+            self._server = xllamacpp.Server(p)
+        except Exception as e:  # noqa: BLE001 - xllamacpp raises plain RuntimeError/ValueError
+            raise EngineError(f"could not load {path.name}: {e}", status=503,
+                              type="model_load_error") from e
+        self.load_seconds = time.perf_counter() - t0
+        log.info("loaded %s (%s) in %.2fs", model_name, path.name, self.load_seconds)
+
+    def chat_sync(self, body: dict) -> dict:
+        req = prepare_body(body, self.max_tokens_cap)
+        try:
+            resp = self._server.handle_chat_completions(req)
+        except ValueError as e:  # xllamacpp raises ValueError for schema errors
+            raise EngineError(str(e), status=400, type="invalid_request_error") from e
+        except Exception as e:  # noqa: BLE001
+            raise EngineError(f"{type(e).__name__}: {e}", status=500) from e
+        if not isinstance(resp, dict):
+            raise EngineError(f"unexpected engine response of type {type(resp).__name__}")
+        if "error" in resp:  # llama.cpp server errors come back as {"error": {...}}
+            err = resp["error"] if isinstance(resp["error"], dict) else {"message": str(resp["error"])}
+            raise EngineError(str(err.get("message", err)), status=int(err.get("code", 500) or 500),
+                              type=str(err.get("type", "engine_error")), details=err)
+        if not resp.get("choices") or "usage" not in resp:
+            raise EngineError("engine response lacks choices or usage", details=resp)
+        resp["model"] = self.name  # llama.cpp reports the file path
+        return resp
+
+    async def chat(self, body: dict) -> dict:
+        return await asyncio.to_thread(self.chat_sync, body)
+
+    def close(self) -> None:
+        server = getattr(self, "_server", None)
+        self._server = None
+        del server  # ~Server joins llama.cpp's loop
+
+    def __repr__(self) -> str:
+        return f"XllamacppEngine({self.name!r}, {self.gguf_path.name}, slots={self.n_parallel})"
+
+
+def engine_kwargs(tier: str, settings: "Settings") -> dict[str, Any]:
+    """Constructor arguments of the XllamacppEngine serving ``tier`` (model ensured on disk)."""
+    from workers.models import ensure_model, spec_for_tier
+
+    w = settings.workers
+    spec = spec_for_tier(tier, settings)
+    # Runtime knobs come from the tier's own TierModel (even when the small model stands in).
+    tm = w.models.get(tier) or w.models.get(spec.tier)
+    gguf = ensure_model(spec, w.model_dir)
+    return dict(
+        gguf_path=str(gguf),
+        model_name=spec.name,
+        n_ctx=tm.context_tokens if tm else 2048,
+        n_parallel=tm.parallel_slots if tm else 2,
+        threads=tm.threads if tm else 1,
+        max_tokens_cap=w.max_tokens_cap,
+    )
+
+
+def build_engine(tier: str, settings: "Settings", **kwargs: Any) -> Engine:
+    """The engine for ``tier``: in-process xllamacpp or a Ray Serve handle (settings.workers.engine).
+
+    Extra kwargs go to ServeEngine (e.g. ``ray_address``)."""
+    if settings.workers.engine == "inprocess":
+        return XllamacppEngine(**engine_kwargs(tier, settings))
+    if settings.workers.engine == "serve":
+        from workers.serve import ServeEngine
+
+        return ServeEngine(tier, settings=settings, **kwargs)
+    raise ValueError(f"unknown engine {settings.workers.engine!r}")
+
+
+def chat_body(prompt: str, max_tokens: int = 64, **extra: Any) -> dict:
+    """A minimal chat-completions body for one user message (handy in tests and benches)."""
+    return {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, **extra}
