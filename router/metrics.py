@@ -76,7 +76,10 @@ def cpt(points, ref: Reference, gap_fraction: float) -> float:
 def area(points, ref: Reference, log_scale: bool = False, n: int = 1001) -> float:
     """Mean envelope quality (as % of best single) over cost ∈ [cheapest, best single]
     (linear or log-spaced grid); 0 where the curve has no point yet."""
-    grid = np.geomspace(ref.cheap_cost, ref.best_cost, n) if log_scale else _cost_grid(ref, n)
+    if log_scale:
+        grid = np.geomspace(max(ref.cheap_cost, 1e-3 * ref.best_cost), ref.best_cost, n)
+    else:
+        grid = _cost_grid(ref, n)
     env = envelope(points, grid)
     return float(100 * np.nan_to_num(env, nan=0.0).mean() / ref.best_quality)
 

@@ -91,6 +91,22 @@ def up(
         stack.stop()
 
 
+@app.command()
+def init() -> None:
+    """Create the topics and ClickHouse tables on an existing Kafka and ClickHouse (production)."""
+    from infra.broker import create_topics_sync
+    from infra.clickhouse import apply_schema, connect
+
+    settings = _settings()
+    create_topics_sync(settings.kafka.bootstrap, settings.kafka.topic_prefix)
+    client = connect(settings.clickhouse_dsn)
+    try:
+        apply_schema(client)
+    finally:
+        client.close()
+    console.print(f"topics created on {settings.kafka.bootstrap}; tables ready at {settings.clickhouse_dsn}")
+
+
 # --- submit / status / results ---------------------------------------------------------------
 
 
