@@ -294,8 +294,8 @@ def stage_serve() -> None:
 
     _stage_logging()
     settings = get_settings()
-    address = start_serve(settings, TIERS)
-    mark_ready(settings, "serve", address)
+    cluster = start_serve(settings, TIERS)
+    mark_ready(settings, "serve", cluster.gcs_address)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     try:
@@ -304,7 +304,7 @@ def stage_serve() -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        stop_serve()
+        stop_serve(settings)
 
 
 if __name__ == "__main__":

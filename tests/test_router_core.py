@@ -14,7 +14,7 @@ from router.synthetic import make_table
 
 @pytest.fixture(scope="module")
 def split():
-    table, emb = make_table(n=700)
+    table, emb = make_table(n=500)
     val = validation_split(table.query_ids, 0.3, seed=1)
     tr, ev = np.flatnonzero(~val), np.flatnonzero(val)
     return table.subset(tr), emb[tr], table.subset(ev), emb[ev]
@@ -50,7 +50,7 @@ def test_learned_routers_beat_random_and_best_single(bench_result):
     m = bench_result.metrics
     # mid models are experts per task: a router should beat the big model at a fraction of its cost
     assert m["switchyard"]["auc"] > m["random"]["auc"] + 5
-    assert m["switchyard"]["cost_parity"] < 50
+    assert m["switchyard"]["cost_95pct"] < 50
     assert m["switchyard"]["apgr"] > 0.7
 
 

@@ -18,6 +18,9 @@ import yaml
 from switchyard.settings import Settings, WorkerSettings
 from workers.engine import EngineError, chat_body
 
+# Ray's own pydantic models emit deprecation warnings on import; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
 ROOT = Path(__file__).resolve().parents[1]
 PROD = ROOT / "infra" / "serve" / "production.yaml"
 

@@ -185,6 +185,8 @@ def build_engine(tier: str, settings: "Settings", **kwargs: Any) -> Engine:
     if settings.workers.engine == "serve":
         from workers.serve import ServeEngine
 
+        if settings.workers.ray_address:  # set by the local stack for its stages
+            kwargs.setdefault("ray_address", settings.workers.ray_address)
         return ServeEngine(tier, settings=settings, **kwargs)
     raise ValueError(f"unknown engine {settings.workers.engine!r}")
 

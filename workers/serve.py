@@ -63,6 +63,10 @@ class TierModelDeployment:
     async def chat(self, body: dict) -> dict:
         return await self.engine.chat(body)
 
+    def check_health(self) -> None:  # Serve calls this every health_check_period_s
+        if getattr(self.engine, "_server", None) is None:
+            raise RuntimeError("engine closed")
+
     def info(self) -> dict:
         e = self.engine
         return {"model": e.name, "gguf": str(e.gguf_path), "n_ctx": e.n_ctx,
@@ -131,7 +135,6 @@ def start_serve(settings: "Settings", tiers: Iterable[str] | None = None, *,
             num_cpus=settings.workers.ray_num_cpus,
             include_dashboard=False,
             namespace=NAMESPACE,
-            _node_ip_address="127.0.0.1",
             log_to_driver=False,
             configure_logging=True,
             logging_level=logging.WARNING,
