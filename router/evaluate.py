@@ -14,7 +14,8 @@ from router.metrics import Reference, curve_metrics
 from router.policy import lagrangian_choice, lambda_grid
 
 DEFAULT_ROUTERS = ("switchyard", "knn", "cluster", "sw_ranking", "mf", "classifier")
-BUDGET_FRACTIONS = (0.05, 0.1, 0.25, 0.5)
+# budget targets placed log-uniformly between the cheapest and the best single model's mean cost
+BUDGET_POSITIONS = (0.2, 0.4, 0.6, 0.8)
 
 
 @dataclass
@@ -72,8 +73,8 @@ def budget_check(router: LearnedRouter, table: RoutingTable, emb: np.ndarray, re
 
     pred = router.predict(table.texts, emb)
     out = []
-    for frac in BUDGET_FRACTIONS:
-        target = frac * ref.best_cost
+    for pos in BUDGET_POSITIONS:
+        target = float(np.exp(np.log(ref.cheap_cost) + pos * (np.log(ref.best_cost) - np.log(ref.cheap_cost))))
         cost, quality = realised(table, router.choose(pred, Knobs(budget_usd=target)))
         out.append({"target_usd": target, "realised_usd": cost, "ratio": cost / target, "quality": quality})
     return out

@@ -165,6 +165,7 @@ class ClusterQuality(QualityModel):
     top_k: int = 3
     prior_strength: float = 2.0
     seed: int = 0
+    n_init: int = 3
     centers: np.ndarray | None = None
     perf: np.ndarray | None = None
     cost: np.ndarray | None = None
@@ -173,7 +174,7 @@ class ClusterQuality(QualityModel):
         from sklearn.cluster import KMeans
 
         k = max(2, min(self.n_clusters, len(emb) // 10))
-        km = KMeans(n_clusters=k, n_init=3, random_state=self.seed).fit(emb)
+        km = KMeans(n_clusters=k, n_init=self.n_init, random_state=self.seed).fit(emb)
         labels = km.labels_
         prior = scores.mean(axis=0)
         perf = np.zeros((k, scores.shape[1]))
@@ -356,7 +357,7 @@ class MatrixFactorizationQuality(QualityModel):
         return QualityPrediction(sigmoid(logits), np.full(len(emb), -1))
 
     def state(self):
-        return {"dim": self.dim}, {
+        return {"dim": self.dim, "epochs": self.epochs}, {
             "proj": self.proj,
             "model_vecs": self.model_vecs,
             "out_w": self.out_w,
@@ -367,6 +368,7 @@ class MatrixFactorizationQuality(QualityModel):
     def from_state(cls, params, arrays):
         return cls(
             dim=params["dim"],
+            epochs=params.get("epochs", 300),
             proj=arrays["proj"],
             model_vecs=arrays["model_vecs"],
             out_w=arrays["out_w"],

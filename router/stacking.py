@@ -35,9 +35,9 @@ def default_bases() -> list[QualityModel]:
         KnnQuality(k=10, weighted=True),
         KnnQuality(k=50),
         SimilarityWeightedQuality(),
-        ClusterQuality(n_clusters=40, top_k=1),
+        ClusterQuality(n_clusters=40, top_k=1, n_init=1),
         ClassifierQuality(c=0.5),
-        MatrixFactorizationQuality(),
+        MatrixFactorizationQuality(dim=32, epochs=150),
     ]
 
 

@@ -270,10 +270,10 @@ def bench_routing(
             res.timings_s["total"] = round(time.perf_counter() - t0, 2)
             out = res.to_json()
             results[name] = out
-            Console().print(render_bench_table(out))
+            Console(width=200).print(render_bench_table(out))
             if out["budget_check"]:
                 bc = ", ".join(f"${b['target_usd']:.6f}→{b['ratio']:.2f}×" for b in out["budget_check"])
-                Console().print(f"budget calibration (realised / target mean cost): {bc}")
+                Console(width=200).print(f"budget calibration (realised / target mean cost): {bc}")
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(results, indent=1))
         console.print(f"wrote {json_out}")
