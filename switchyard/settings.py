@@ -34,6 +34,12 @@ class TierModel(BaseModel):
     threads: int = 1
     price_per_mtok_in: float
     price_per_mtok_out: float
+    # An OpenAI-compatible endpoint (e.g. a Ray Serve LLM app, http://head:8000/tier-large/v1)
+    # serves this tier instead of the local GGUF when set; the model id sent is `endpoint_model`.
+    endpoint: str | None = None
+    endpoint_model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    request_timeout_seconds: float = 600.0
 
 
 def _default_tiers() -> dict[str, TierModel]:

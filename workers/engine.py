@@ -180,6 +180,11 @@ def build_engine(tier: str, settings: "Settings", **kwargs: Any) -> Engine:
     """The engine for ``tier``: in-process xllamacpp or a Ray Serve handle (settings.workers.engine).
 
     Extra kwargs go to ServeEngine (e.g. ``ray_address``)."""
+    tier_model = settings.workers.models.get(tier)
+    if tier_model is not None and tier_model.endpoint:
+        from workers.openai_engine import OpenAIEngine
+
+        return OpenAIEngine.for_tier(tier_model, settings.workers.max_tokens_cap)
     if settings.workers.engine == "inprocess":
         return XllamacppEngine(**engine_kwargs(tier, settings))
     if settings.workers.engine == "serve":
