@@ -99,3 +99,10 @@ def test_fit_then_route_end_to_end(tmp_path):
     assert {l["point"] for l in lines} == set(range(5))
     assert {l["model"] for l in lines} <= {"small-m", "big-m"}
     assert [l["model"] for l in lines if l["point"] == 0] == ["small-m"] * 3  # knob 0 = cheapest
+
+
+def test_score_out_of_range_message_survives_markup(tmp_path):
+    bad = rows()
+    bad[0]["score"] = 1.5
+    r = run("router", "fit", "--data", write_jsonl(tmp_path / "d.jsonl", bad), "--out", tmp_path / "o", "--kind", "knn")
+    assert r.exit_code == 2 and "outside [0, 1]" in r.output
