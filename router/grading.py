@@ -68,7 +68,7 @@ def _as_literal(value: Any) -> Any:
 
 def _clean(answer: str) -> str:
     """Drop markdown emphasis that hides answers ("**Answer: C**")."""
-    return re.sub(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", r"\1", answer).strip()
+    return re.sub(r"(?<![\w*])\*\*(?=\S)(.+?)(?<=\S)\*\*(?![\w*])", r"\1", answer).strip()
 
 
 def _last_boxed(text: str) -> str | None:
@@ -119,7 +119,7 @@ def _numbers(text: str) -> list[tuple[float, str]]:
 
 
 def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
 
 
 # The explicit-answer markers small models use: "Answer: X", "the answer is X", "#### X", ...
@@ -144,7 +144,7 @@ def _after_markers(text: str) -> list[str]:
 
 # ----------------------------------------------------------------------------------- em_mc
 
-def _parse_choices(choices: Any) -> tuple[list[str], list[str]]:
+def parse_choices(choices: Any) -> tuple[list[str], list[str]]:
     """(labels, texts) from {'text': [...], 'label'|'labels': [...]}, a list, or their repr."""
     choices = _as_literal(choices)
     texts: list[str] = []
@@ -224,8 +224,8 @@ def _extract_choice(answer: str, labels: list[str], texts: list[str]) -> tuple[i
 
     # 1. the whole answer is a label ("C", "(C)", "C.") or exactly an option's text
     whole = text.strip().strip("*`'\" ")
-    m = re.fullmatch(r"\(?\s*(" + letter + r")\s*\)?[.:)]?", whole)
-    if m and (i := label_then_text(m.group(1))) is not None:
+    m = re.fullmatch(r"\(?\s*(" + letter + r")\s*\)?[.:)]?", whole, re.I)
+    if m and (i := label_then_text(m.group(1).upper())) is not None:
         return i, m.group(1), "lone label"
     if texts and (i := by_text(whole)) is not None and _norm_option(whole) == _norm_option(texts[i]):
         return i, texts[i], "option text"
@@ -283,7 +283,7 @@ def _extract_choice(answer: str, labels: list[str], texts: list[str]) -> tuple[i
 
 
 def _grade_em_mc(answer: str, ground_truth: Any, choices: Any, query: str | None) -> Grade:
-    labels, texts = _parse_choices(choices)
+    labels, texts = parse_choices(choices)
     n = len(texts) or 5
     gt = str(ground_truth).strip()
     gold = _label_index(gt, labels or [string.ascii_uppercase[i] for i in range(n)], n)
@@ -467,9 +467,9 @@ def _grade_math(answer: str, ground_truth: Any) -> Grade:
     if got == gold and gold:
         return Grade(1.0, "MATH", raw, f"{how}: {got!r} == {gold!r}")
     gv, av = _latex_number(gold), _latex_number(got)
-    if av is None and how.startswith("last number") or av is None and how == "after answer marker":
+    if av is None and how in ("last number", "after answer marker"):  # "42 square units"
         nums = _numbers(raw)
-        av = nums[0][0] if len(nums) == 1 else av
+        av = nums[0][0] if len(nums) == 1 else None
     if gv is not None and av is not None and _close(av, gv):
         return Grade(1.0, "MATH", raw, f"{how}: numerically {av:g} == {gv:g}")
     return Grade(0.0, "MATH", raw, f"{how}: {got!r} != {gold!r}")

@@ -227,6 +227,62 @@ def results(job_id: str, out_file: Optional[Path] = typer.Option(None, "--out"),
     out.print(table)
 
 
+@app.command()
+def grade(job_id: str,
+          references: Path = typer.Option(..., help="JSONL of {custom_id, metric, ground_truth, choices?, query?}."),
+          timeout: float = typer.Option(60, help="Seconds to wait for the job's results on Kafka."),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Grade a job's answers against references and publish the grades as feedback."""
+    from switchyard.feedback import auto_grade, publish_feedback, read_references
+    from switchyard.jobs import Submission, wait_for
+
+    settings = _settings()
+    try:
+        refs = read_references(references)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    kafka = _kafka_settings(settings)
+    outcome = asyncio.run(wait_for(kafka, Submission(job_id=job_id, tenant="", expected=set(refs)), timeout))
+    feedback = auto_grade(outcome.results.values(), refs)
+    asyncio.run(publish_feedback(kafka, feedback))
+    mean = sum(f.score for f in feedback) / len(feedback) if feedback else None
+    summary = {"job_id": job_id, "graded": len(feedback), "missing": len(refs) - len(outcome.results),
+               "mean_score": mean}
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        console.print(summary)
+
+
+@app.command()
+def report(job_id: Optional[str] = typer.Option(None, "--job", help="One job; default: everything."),
+           by: str = typer.Option("tier", help="tier | cluster | tenant | model"),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Routing outcomes from ClickHouse: volume, quality (feedback), cost and latency."""
+    from switchyard.warehouse import OUTCOMES_BY, Warehouse, outcomes_sql
+
+    if by not in OUTCOMES_BY:
+        _fail(f"--by must be one of {', '.join(OUTCOMES_BY)}")
+    wh = Warehouse.open(_settings())
+    try:
+        rows = wh.rows(outcomes_sql(by, job_id is not None), {"job": job_id} if job_id else {})
+    finally:
+        wh.close()
+    if as_json:
+        out.print_json(json.dumps(rows, default=str))
+        return
+    out.print(outcomes_table(rows, by))
+
+
+def outcomes_table(rows: list[dict], by: str) -> Table:
+    table = Table(by, "requests", "errors", "graded", "quality", "cost USD", "p50 ms", "p95 ms")
+    for r in rows:
+        quality = "-" if r["quality"] is None else f"{r['quality']:.2f}"
+        table.add_row(str(r[by]), str(r["requests"]), str(r["errors"]), str(r["graded"]), quality,
+                      f"{r['cost_usd']:.6f}", f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}")
+    return table
+
+
 # --- demo --------------------------------------------------------------------------------------
 
 

@@ -1,33 +1,42 @@
 """`switchyard demo`: the whole path, end to end, on the embedded stack."""
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from switchyard.settings import Settings
 from switchyard.stack import Stack
-from switchyard.warehouse import JOB_BY_TIER, JOB_STATUS, Warehouse
+from switchyard.warehouse import JOB_STATUS, Warehouse, outcomes_sql
+
+FEEDBACK_N = "SELECT count() AS n FROM feedback FINAL WHERE job_id = {job:String}"
 
 
-def wait_until_stored(settings: Settings, job_id: str, expected: int, timeout: float = 120) -> dict:
+def wait_until_stored(settings: Settings, job_id: str, expected: dict[str, int], timeout: float = 120) -> None:
     """The submitter sees results on Kafka first; the sink writes them a moment later."""
     deadline = time.monotonic() + timeout
-    while True:
+    while time.monotonic() < deadline:
         wh = Warehouse.open(settings)
         try:
             counts = wh.rows(JOB_STATUS, {"job": job_id})[0]
+            counts["feedback"] = wh.rows(FEEDBACK_N, {"job": job_id})[0]["n"]
         finally:
             wh.close()
-        if (counts["answered"] >= expected and counts["routed"] >= expected) or time.monotonic() > deadline:
-            return counts
+        if all(counts[k] >= n for k, n in expected.items()):
+            return
         time.sleep(0.5)
 
 
+def references_for(job_file: Path) -> Path | None:
+    refs = job_file.with_name(job_file.name.replace(".jsonl", ".grades.jsonl"))
+    return refs if refs.exists() and refs != job_file else None
+
+
 def run_demo(settings: Settings, job_file: Path, console: Console, out: Console) -> dict:
-    from switchyard.cli import submit_job
+    from switchyard.cli import outcomes_table, submit_job
+    from switchyard.feedback import auto_grade, publish_feedback, read_references
 
     started = time.monotonic()
     stack = Stack(settings)
@@ -36,7 +45,14 @@ def run_demo(settings: Settings, job_file: Path, console: Console, out: Console)
             info = stack.start()
         console.print(f"stack up in {time.monotonic() - started:.0f}s (broker {info.bootstrap})")
         sub, outcome = submit_job(settings, job_file, None, "demo", wait=True, timeout=1200)
-        wait_until_stored(settings, sub.job_id, len(sub.expected))
+        expected = {"answered": len(sub.expected), "routed": len(sub.expected),
+                    "dead_letters": len(sub.invalid)}
+        refs_path = references_for(job_file)
+        if refs_path is not None:  # grade the answers and send the grades as feedback
+            feedback = auto_grade(outcome.results.values(), read_references(refs_path))
+            asyncio.run(publish_feedback(settings.kafka, feedback))
+            expected["feedback"] = len(feedback)
+        wait_until_stored(settings, sub.job_id, expected)
         console.print("stopping the stack…")
     finally:
         stack.stop()
@@ -44,16 +60,14 @@ def run_demo(settings: Settings, job_file: Path, console: Console, out: Console)
     wh = Warehouse.open(settings)
     try:
         counts = wh.rows(JOB_STATUS, {"job": sub.job_id})[0]
-        tiers = wh.rows(JOB_BY_TIER, {"job": sub.job_id})
-        latency = wh.rows("SELECT quantile(0.5)(end_to_end_ms) AS p50, quantile(0.95)(end_to_end_ms) AS p95, "
+        tiers = wh.rows(outcomes_sql("tier", job_filter=True), {"job": sub.job_id})
+        overall = wh.rows("SELECT quantile(0.5)(end_to_end_ms) AS p50, quantile(0.95)(end_to_end_ms) AS p95, "
                           "sum(cost_usd) AS cost FROM results FINAL WHERE job_id = {job:String}",
                           {"job": sub.job_id})[0]
     finally:
         wh.close()
-    table = Table("tier", "model", "requests", "p50 ms", "p95 ms", "cost USD", title=f"job {sub.job_id}")
-    for t in tiers:
-        table.add_row(t["tier"], t["model"], str(t["requests"]), f"{t['p50_ms']:.0f}",
-                      f"{t['p95_ms']:.0f}", f"{t['cost_usd']:.6f}")
+    table = outcomes_table(tiers, "tier")
+    table.title = f"job {sub.job_id}"
     out.print(table)
     for letter in outcome.dead_letters:
         console.print(f"dead letter: {letter.reason}")
@@ -66,7 +80,8 @@ def run_demo(settings: Settings, job_file: Path, console: Console, out: Console)
         "clickhouse": {"result_rows": counts["answered"], "decision_rows": counts["routed"],
                        "request_rows": counts["requests"]},
         "tiers": {t["tier"]: t["requests"] for t in tiers},
-        "latency_ms": {"p50": round(latency["p50"], 1), "p95": round(latency["p95"], 1)},
-        "cost_usd": round(latency["cost"], 8),
+        "quality": {t["tier"]: None if t["quality"] is None else round(t["quality"], 3) for t in tiers},
+        "latency_ms": {"p50": round(overall["p50"], 1), "p95": round(overall["p95"], 1)},
+        "cost_usd": round(overall["cost"], 8),
         "wall_seconds": round(time.monotonic() - started, 1),
     }

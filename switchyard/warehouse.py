@@ -98,3 +98,23 @@ JOB_DEAD_LETTERS = """
 SELECT stage, reason, original, topic, partition, offset
 FROM dead_letters FINAL WHERE job_id = {job:String} ORDER BY topic, partition, offset
 """
+
+# Routing outcomes for analysts: volume, quality (mean feedback score), cost and latency.
+OUTCOMES_BY = {"tier": "r.tier", "cluster": "d.cluster", "tenant": "r.tenant", "model": "r.model"}
+
+
+def outcomes_sql(group_by: str, job_filter: bool) -> str:
+    key = OUTCOMES_BY[group_by]
+    where = "WHERE job_id = {job:String}" if job_filter else ""
+    return f"""
+SELECT {key} AS {group_by}, count() AS requests, countIf(r.status = 'error') AS errors,
+       count(f.score) AS graded, avg(f.score) AS quality,
+       sum(r.cost_usd) AS cost_usd, quantile(0.5)(r.end_to_end_ms) AS p50_ms,
+       quantile(0.95)(r.end_to_end_ms) AS p95_ms
+FROM (SELECT * FROM results FINAL {where}) AS r
+LEFT JOIN (SELECT request_id, cluster FROM decisions FINAL {where}) AS d USING request_id
+LEFT JOIN (SELECT request_id, avg(score) AS score FROM feedback FINAL {where} GROUP BY request_id) AS f
+    USING request_id
+GROUP BY {group_by} ORDER BY {group_by}
+SETTINGS join_use_nulls = 1
+"""

@@ -138,3 +138,24 @@ def test_a_plain_third_party_kafka_client_gets_a_result(stack):
     sub = Submission(job_id="e2e-third-party", tenant="default", expected={"3p-1"})
     outcome = asyncio.run(wait_for(stack.settings.kafka, sub, 120))
     assert not outcome.timed_out and outcome.results["3p-1"].status == "ok"
+
+
+def test_auto_grades_flow_to_feedback_and_the_outcomes_report(stack):
+    from switchyard.feedback import Reference, auto_grade, publish_feedback
+    from switchyard.warehouse import outcomes_sql
+
+    lines = [request_line("g-1", "What is 2 + 2? Answer with a number."),
+             request_line("g-2", "Say the word banana.")]
+    sub, outcome = run_job(stack.settings, lines, "e2e-graded")
+    refs = {"g-1": Reference("g-1", "GSM8K", "2 + 2 = 4\n#### 4"),
+            "g-2": Reference("g-2", "f1_score", "banana")}
+    feedback = auto_grade(outcome.results.values(), refs)
+    assert {f.request_id for f in feedback} == {"e2e-graded:g-1", "e2e-graded:g-2"}
+    asyncio.run(publish_feedback(stack.settings.kafka, feedback))
+    n = _wait_rows(stack, "SELECT count() AS n FROM feedback FINAL WHERE job_id = {job:String}", "e2e-graded", 2)
+    assert n == 2
+    rows = _query(stack, outcomes_sql("tier", job_filter=True), "e2e-graded")
+    assert sum(r["requests"] for r in rows) == 2 and sum(r["graded"] for r in rows) == 2
+    expected = sum(f.score for f in feedback) / 2
+    got = sum(r["quality"] * r["graded"] for r in rows) / 2
+    assert abs(got - expected) < 1e-9

@@ -9,9 +9,20 @@ from router.metrics import Reference, apgr, area, cost_to_reach, cpt, curve_metr
 REF = Reference(best_quality=0.8, best_cost=1.0, cheap_quality=0.4, cheap_cost=0.0)
 
 
-def test_envelope_is_best_quality_at_or_below_cost():
-    pts = [(0.1, 0.5), (0.3, 0.7), (0.2, 0.4), (0.9, 0.85)]
-    np.testing.assert_allclose(envelope(pts, [0.05, 0.1, 0.25, 0.3, 1.0]), [np.nan, 0.5, 0.5, 0.7, 0.85])
+def test_envelope_interpolates_the_pareto_frontier():
+    pts = [(0.1, 0.5), (0.3, 0.7), (0.2, 0.4), (0.9, 0.85)]  # (0.2, 0.4) is dominated
+    np.testing.assert_allclose(envelope(pts, [0.05, 0.1, 0.25, 0.3, 1.0]), [np.nan, 0.5, 0.65, 0.7, 0.85])
+    # a dominated point never lifts the curve; equal costs keep the better point
+    np.testing.assert_allclose(envelope([(0.1, 0.5), (0.1, 0.6), (0.5, 0.55)], [0.1, 0.3, 0.5]), [0.6, 0.6, 0.6])
+
+
+def test_coarse_knob_sweep_reads_the_same_as_a_fine_one():
+    # the random router is a straight line: 21 points must read as exactly as 1001
+    # (a step envelope read it a whole step low: APGR 0.476, Q@5% = the cheapest model's)
+    coarse = [(p, 0.4 + 0.4 * p) for p in np.linspace(0, 1, 21)]
+    assert apgr(coarse, REF) == pytest.approx(0.5, abs=1e-3)
+    assert quality_at_cost(coarse, REF, 0.05) == pytest.approx(100 * (0.4 + 0.4 * 0.05) / 0.8)
+    assert cost_to_reach(coarse, REF, 0.95) == pytest.approx(90.0)
 
 
 def test_quality_at_cost_and_parity():
