@@ -55,9 +55,24 @@ class RouterProcessor:
             return outputs
         texts = [req.body.last_user_text() for _, req in valid]
         embeddings = self.embed(texts)
-        choices = self.router.route(texts, embeddings, [knobs_for(req) for _, req in valid])
+        knobs = [knobs_for(req) for _, req in valid]
+        try:
+            choices = self.router.route(texts, embeddings, knobs)
+        except ValueError:
+            # One request's knobs can't be honoured (e.g. an allowed-model list naming no model
+            # the router knows): route one by one so only that request is dead-lettered.
+            choices = []
+            for i, (record, req) in enumerate(valid):
+                try:
+                    choices.append(self.router.route([texts[i]], embeddings[i : i + 1], [knobs[i]])[0])
+                except ValueError as exc:
+                    choices.append(None)
+                    outputs.append(dead_letter(STAGE, f"cannot route: {exc}", record, self._topic(DLQ),
+                                               req.job_id))
         decided_at = utcnow()
         for (record, req), choice in zip(valid, choices):
+            if choice is None:
+                continue
             key = req.request_id.encode()
             ref = dict(request_id=req.request_id, job_id=req.job_id, tenant=req.tenant,
                        custom_id=req.custom_id)

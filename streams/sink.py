@@ -10,7 +10,7 @@ import json
 import logging
 import signal
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from infra.clickhouse import apply_schema, connect
@@ -31,6 +31,7 @@ STAGE = "sink"
 class Row:
     table: str
     values: dict[str, Any]
+    origin: RawRecord | None = None  # the Kafka record the row came from
 
 
 def _dead_letter_row(record: RawRecord, reason: str, job_id: str | None = None) -> Row:
@@ -93,26 +94,50 @@ _PARSERS = {
 def to_rows(record: RawRecord, prefix: str = "") -> Row | None:
     topic = record.topic.removeprefix(prefix)
     if topic == QUERIES:
-        return _request_row(record)
-    cls, make_row = _PARSERS[topic]
-    try:
-        return make_row(parse_message(cls, record.value))
-    except InvalidMessage as exc:
-        return _dead_letter_row(record, exc.reason)
+        row = _request_row(record)
+    else:
+        cls, make_row = _PARSERS[topic]
+        try:
+            row = make_row(parse_message(cls, record.value))
+        except InvalidMessage as exc:
+            row = _dead_letter_row(record, exc.reason)
+    return None if row is None else replace(row, origin=record)
 
 
 class ClickHouseWriter:
     def __init__(self, client):
         self.client = client
 
-    def write(self, rows: list[Row]) -> None:
-        by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    def write(self, rows: list[Row]) -> list[Row]:
+        """Insert rows per table. A batch the server refuses is retried row by row, and each row
+        it still refuses becomes a dead-letter row instead (a poison row must not wedge the sink).
+        Returns the rows that were dead-lettered."""
+        by_table: dict[str, list[Row]] = defaultdict(list)
         for row in rows:
-            by_table[row.table].append(row.values)
-        for table, values in by_table.items():
-            columns = list(values[0])
-            self.client.insert(table, [[v[c] for c in columns] for v in values],
-                               column_names=columns)
+            by_table[row.table].append(row)
+        refused: list[Row] = []
+        for table, table_rows in by_table.items():
+            try:
+                self._insert(table, table_rows)
+            except Exception:
+                if table == "dead_letters":
+                    raise  # nowhere left to put them: stop (and replay) rather than lose them
+                for row in table_rows:
+                    try:
+                        self._insert(table, [row])
+                    except Exception as exc:
+                        if row.origin is None:
+                            raise
+                        log.warning("ClickHouse refused a %s row: %s", table, exc)
+                        refused.append(_dead_letter_row(row.origin, f"ClickHouse refused the {table} "
+                                                        f"row: {exc}"[:2000], row.values.get("job_id")))
+        if refused:
+            self._insert("dead_letters", refused)
+        return refused
+
+    def _insert(self, table: str, rows: list[Row]) -> None:
+        columns = list(rows[0].values)
+        self.client.insert(table, [[r.values[c] for c in columns] for r in rows], column_names=columns)
 
 
 SINK_TOPICS = (QUERIES, DECISIONS, RESULTS, FEEDBACK, DLQ)

@@ -58,3 +58,17 @@ def test_a_pinned_tier_is_honoured(processor):
     line = _line("p", "What is the capital of France?", routing={"pinned_tier": "large"})
     outputs = processor.process([_rec(line)])
     assert {o.topic for o in outputs} == {"work.large", "decisions"}
+
+
+def test_knobs_the_learned_router_cannot_honour_dead_letter_only_that_request():
+    from router.artifact import load_default
+
+    encoder = load_encoder()
+    processor = RouterProcessor(load_default(), lambda t: embed(t, encoder=encoder, use_cache=False), SERVED)
+    bad = _line("bad", "What is 2 + 2?", routing={"allowed_models": ["no-such-model"]})
+    outputs = processor.process([_rec(_line("fine", "Name a planet."), 1), _rec(bad, 2)])
+    letters = [decode(DeadLetter, o.value) for o in outputs if o.topic == "dlq"]
+    assert len(letters) == 1 and letters[0].offset == 2 and "no-such-model" in letters[0].reason
+    decisions = [decode(RoutingDecision, o.value) for o in outputs if o.topic == "decisions"]
+    assert [d.custom_id for d in decisions] == ["fine"]
+    assert decisions[0].router_version == load_default().version

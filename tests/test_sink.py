@@ -58,3 +58,14 @@ def test_feedback_and_invalid_queries(client):
     assert to_rows(_record("queries", b"garbage")) is None
     valid = json.dumps({"custom_id": "c", "job_id": "job", "body": {"messages": [{"role": "user", "content": "hey"}]}})
     assert to_rows(_record("queries", valid.encode())).values["prompt_chars"] == 3
+
+
+def test_a_row_clickhouse_refuses_is_dead_lettered_and_the_batch_still_lands(client):
+    good = to_rows(_record("results", encode(_result("p-good", "fine")), offset=100))
+    poison = to_rows(_record("results", encode(_result("p-bad", "x")), offset=101))
+    poison.values["prompt_tokens"] = "not a number"  # what a schema drift would look like
+    refused = ClickHouseWriter(client).write([good, poison])
+    assert [r.values["offset"] for r in refused] == [101]
+    assert client.query("SELECT custom_id FROM results FINAL WHERE custom_id LIKE 'p-%'").result_rows == [("p-good",)]
+    reason, job = client.query("SELECT reason, job_id FROM dead_letters FINAL WHERE offset = 101").result_rows[0]
+    assert "ClickHouse refused the results row" in reason and job == "job"
