@@ -21,6 +21,7 @@ from router.policy import (
     lagrangian_choice,
     normalize_rows,
     normalized_choice,
+    budget_lambda,
     setting_for_alpha,
     setting_for_cost,
 )
@@ -29,6 +30,9 @@ from router.registry import assign_tiers
 from router.stacking import StackedQuality, out_of_fold
 
 DEFAULT_ALPHA = 0.5
+# A budget shared by at least this many queries of one call is met on the batch's own predicted
+# costs (see policy.budget_lambda); smaller groups use the λ calibrated offline.
+BATCH_BUDGET_MIN = 100
 
 
 class KnobError(ValueError):
@@ -61,8 +65,9 @@ class LearnedRouter:
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or len(emb) != len(texts):
             raise ValueError(f"embeddings must be (len(texts), dim); got {emb.shape} for {len(texts)} texts")
-        qp = self.quality_model.predict(emb, text_features(texts))
-        cost = self.cost_model.predict(texts)
+        feats = text_features(texts)
+        qp = self.quality_model.predict(emb, feats)
+        cost = self.cost_model.predict(texts, emb, feats)
         if qp.util_q is not None:
             uq, uc = qp.util_q, qp.util_c
         else:
@@ -72,7 +77,11 @@ class LearnedRouter:
     # ---------------------------------------------------------------- knobs → choices
     def setting(self, alpha: float | None = None, budget_usd: float | None = None) -> float:
         """The policy's internal setting (λ or α) for a knob value."""
+        if alpha is not None and not (np.isfinite(alpha) and 0.0 <= float(alpha) <= 1.0):
+            raise KnobError(f"alpha must be a number in [0, 1], got {alpha!r}")
         if budget_usd is not None:
+            if not (np.isfinite(budget_usd) and float(budget_usd) >= 0):
+                raise KnobError(f"budget_usd must be a non-negative number, got {budget_usd!r}")
             if self.calibration is None:
                 raise KnobError(f"router {self.name!r} has no budget calibration")
             return setting_for_cost(self.calibration, self.policy, float(budget_usd))
@@ -108,12 +117,26 @@ class LearnedRouter:
                 mask = tier_mask & base
         return mask
 
-    def choose(self, pred: Prediction, knobs: Knobs, rows: np.ndarray | None = None) -> np.ndarray:
+    def choose(
+        self, pred: Prediction, knobs: Knobs, rows: np.ndarray | None = None, batch_budget: bool = True
+    ) -> np.ndarray:
+        """Model index per row under one set of knobs. A budget shared by ≥ BATCH_BUDGET_MIN rows
+        is solved on their predicted costs (batch_budget=False: always the calibrated λ)."""
         rows = np.arange(len(pred.quality)) if rows is None else rows
         sub = Prediction(pred.quality[rows], pred.cost[rows], pred.cluster[rows], pred.util_q[rows], pred.util_c[rows])
         mask = self.model_mask(knobs)
         if knobs.quality_floor is not None:
             return floor_choice(sub.quality, sub.cost, float(knobs.quality_floor), mask)
+        if (
+            knobs.budget_usd is not None
+            and batch_budget
+            and self.policy == UTILITY
+            and len(rows) >= BATCH_BUDGET_MIN
+        ):
+            if not np.isfinite(knobs.budget_usd) or knobs.budget_usd < 0:
+                raise KnobError(f"budget_usd must be a non-negative number, got {knobs.budget_usd!r}")
+            lam = budget_lambda(sub.quality, sub.cost, float(knobs.budget_usd), mask)
+            return lagrangian_choice(sub.quality, sub.cost, lam, mask)
         return self.choose_setting(sub, self.setting(knobs.alpha, knobs.budget_usd), mask)
 
     def route(self, texts: Sequence[str], embeddings: np.ndarray, knobs: Sequence[Knobs]) -> list[RouteChoice]:
@@ -199,14 +222,14 @@ def fit_router(
     emb = np.asarray(embeddings, dtype=np.float32)
     feats = text_features(table.texts)
     quality = make().fit(emb, feats, table.scores, table.costs)
-    cost_model = CostModel.fit(table.texts, table.costs)
+    cost_model = CostModel.fit(table.texts, table.costs, emb, feats)
     calibration = None
     if calibrate_budget:
         if isinstance(quality, StackedQuality):
             oof_q = quality.oof_quality
         else:
             oof_q = out_of_fold(make, emb, feats, table.scores, table.costs, n_folds, seed)
-        oof_cost = _oof_costs(table, n_folds, seed)
+        oof_cost = _oof_costs(table, emb, feats, n_folds, seed)
         uq = uc = None
         if policy == NORMALIZED:
             if isinstance(quality, ClusterQuality):  # cluster terms from fold models
@@ -224,14 +247,14 @@ def fit_router(
     return router
 
 
-def _oof_costs(table: RoutingTable, n_folds: int, seed: int) -> np.ndarray:
+def _oof_costs(table: RoutingTable, emb: np.ndarray, feats: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     from router.stacking import kfold_indices
 
     out = np.zeros_like(table.costs)
     for test in kfold_indices(len(table), n_folds, seed):
         train = np.setdiff1d(np.arange(len(table)), test)
-        cm = CostModel.fit([table.texts[i] for i in train], table.costs[train])
-        out[test] = cm.predict([table.texts[i] for i in test])
+        cm = CostModel.fit([table.texts[i] for i in train], table.costs[train], emb[train], feats[train])
+        out[test] = cm.predict([table.texts[i] for i in test], emb[test], feats[test])
     return out
 
 

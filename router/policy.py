@@ -121,6 +121,39 @@ def setting_for_cost(cal: Calibration, policy: str, target_cost: float) -> float
     return float(np.interp(target_cost, cost, cal.settings))
 
 
+def budget_lambda(
+    quality: np.ndarray, cost: np.ndarray, budget: float, mask: np.ndarray | None = None, iters: int = 60
+) -> float:
+    """The smallest λ whose Lagrangian picks keep the *predicted* mean cost of this batch within
+    `budget` (∞ = cheapest when even that is over budget; 0 when the best-quality picks fit).
+
+    Used for a batch of queries that share one budget: its own predicted costs pin the spend, so
+    the realised mean cost does not ride on how many expensive-looking queries the batch happens
+    to hold (a fixed λ from the offline calibration does)."""
+    rows = np.arange(len(quality))
+
+    def spend(lam: float) -> float:
+        return float(cost[rows, lagrangian_choice(quality, cost, lam, mask)].mean())
+
+    if spend(0.0) <= budget:
+        return 0.0
+    if spend(float("inf")) >= budget:
+        return float("inf")
+    scale = float(np.median(np.where(mask, cost, np.nan) if mask is not None else cost))
+    lo, hi = np.log(1e-6 / scale), np.log(1e6 / scale)  # spend(e^lo) > budget ≥ spend(e^hi)
+    if spend(float(np.exp(hi))) > budget:
+        return float("inf")
+    if spend(float(np.exp(lo))) <= budget:
+        return float(np.exp(lo))
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if spend(float(np.exp(mid))) > budget:
+            lo = mid
+        else:
+            hi = mid
+    return float(np.exp(hi))
+
+
 def setting_for_alpha(cal: Calibration, policy: str, alpha: float) -> float:
     alpha = float(np.clip(alpha, 0.0, 1.0))
     if policy != UTILITY:

@@ -1,7 +1,12 @@
 """The Switchyard default quality model: a stack of kNN, cluster, similarity-weighted,
 classifier and matrix-factorisation estimators, combined per model by a logistic regression
 over their out-of-fold logits (so it learns which signal to trust for which model), which also
-calibrates the result into a success probability."""
+calibrates the result into a success probability.
+
+Base probabilities are clipped to [clip, 1 − clip] before the logit: a 10-neighbour kNN that saw
+10 successes would otherwise hand the stacker a logit of +9, and a few such extremes dominate a
+weakly regularised fit. clip = 0.03 and C = 0.1 were chosen by cross-validating the stacker on
+the bases' out-of-fold predictions of the training split only (docs/routing.md)."""
 from __future__ import annotations
 
 import copy
@@ -56,14 +61,16 @@ class StackedQuality(QualityModel):
     kind: ClassVar[str] = "stacked"
     bases: list[QualityModel] = field(default_factory=default_bases)
     n_folds: int = 5
-    c: float = 1.0
+    c: float = 0.1
+    clip: float = 0.03
     seed: int = 0
     coef: np.ndarray | None = None  # (m, n_bases)
     intercept: np.ndarray | None = None  # (m,)
     oof_quality: np.ndarray | None = None  # training-time only, not saved
 
     def _stack_inputs(self, base_preds: list[np.ndarray]) -> np.ndarray:
-        return np.stack([logit(p) for p in base_preds], axis=2)  # (n, m, B)
+        lo = max(self.clip, 0.0)
+        return np.stack([logit(np.clip(p, lo, 1 - lo)) for p in base_preds], axis=2)  # (n, m, B)
 
     def fit(self, emb, feats, scores, costs):
         templates = [copy.deepcopy(b) for b in self.bases]  # unfitted copies, one per fold
@@ -89,7 +96,7 @@ class StackedQuality(QualityModel):
         return QualityPrediction(self._combine(self._stack_inputs([p.quality for p in preds])), cluster)
 
     def state(self):
-        params = {"n_folds": self.n_folds, "c": self.c, "bases": []}
+        params = {"n_folds": self.n_folds, "c": self.c, "clip": self.clip, "bases": []}
         arrays = {"stack_coef": self.coef, "stack_intercept": self.intercept}
         for i, base in enumerate(self.bases):
             bp, ba = base.state()
@@ -104,7 +111,7 @@ class StackedQuality(QualityModel):
             prefix = f"base{i}."
             sub = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
             bases.append(ESTIMATORS[spec["kind"]].from_state(spec["params"], sub))
-        return cls(bases=bases, n_folds=params["n_folds"], c=params["c"],
+        return cls(bases=bases, n_folds=params["n_folds"], c=params["c"], clip=params.get("clip", 0.0),
                    coef=arrays["stack_coef"], intercept=arrays["stack_intercept"])
 
 

@@ -136,14 +136,21 @@ class Stack:
             time.sleep(0.1)
         raise StackError(f"stage {name} not ready after {timeout:.0f}s; see {self.settings.data_dir}/logs/{name}.log")
 
-    def restart_stage(self, name: str) -> None:
-        """Kill a stage hard (as a crash would) and start it again. Used by tests and `up`."""
+    def restart_stage(self, name: str, wait: bool = True, timeout: float = 300) -> None:
+        """Kill a stage hard (as a crash would) and start it again; by default wait until the
+        new process is ready."""
         stage = self.stages[name]
         if stage.proc and stage.proc.poll() is None:
             _kill_group(stage.proc, signal.SIGKILL)
             stage.proc.wait()
         stage.restarts += 1
         self._start_stage(stage)
+        if wait:
+            self.wait_ready(name, timeout)
+
+    def wait_ready(self, name: str, timeout: float = 300) -> None:
+        stage = self.stages[name]
+        self._wait_for_file(run_dir(self.settings) / f"{name}.ready", timeout, stage.proc, name)
 
     def check(self) -> None:
         """Restart crashed stages; a dead broker or Ray means the stack is gone."""
