@@ -16,7 +16,12 @@ from router.quality import ESTIMATORS
 import router.stacking  # noqa: F401  (registers the stacked estimator)
 
 FORMAT = "switchyard-router/1"
-DEFAULT_DIR = Path(__file__).parent / "artifacts" / "default"
+ARTIFACTS_DIR = Path(__file__).parent / "artifacts"
+# The live stream's default: fitted on all train rows of LLMRouter's dcrouter set (open 7B–70B
+# models tiered by size, graded queries like the live traffic's: GSM8K, MMLU, NQ, TriviaQA, MBPP…).
+DEFAULT_DIR = ARTIFACTS_DIR / "default"
+# The same router fitted on the RouterBench subset (API + open models, real per-call costs).
+ROUTERBENCH_DIR = ARTIFACTS_DIR / "routerbench"
 
 
 class ArtifactError(ValueError):
@@ -109,5 +114,10 @@ def load_router(directory: str | Path) -> LearnedRouter:
 
 
 def load_default() -> LearnedRouter:
-    """The shipped default router (fitted on the RouterBench subset's train rows)."""
+    """The shipped default router (fitted on all train rows of llmrouter_dcrouter)."""
     return load_router(DEFAULT_DIR)
+
+
+def load_routerbench() -> LearnedRouter:
+    """The shipped router fitted on all train rows of the RouterBench subset."""
+    return load_router(ROUTERBENCH_DIR)

@@ -274,7 +274,9 @@ def bench_routing(
             Console(width=200).print(render_bench_table(out))
             if out["budget_check"]:
                 bc = ", ".join(f"${b['target_usd']:.6f}→{b['ratio']:.2f}×" for b in out["budget_check"])
-                Console(width=200).print(f"budget calibration (realised / target mean cost): {bc}")
+                fx = ", ".join(f"{b['ratio_fixed_lambda']:.2f}×" for b in out["budget_check"])
+                Console(width=200).print(f"budget calibration (realised / target mean cost), one batch: {bc}; "
+                                         f"query by query (calibrated λ): {fx}")
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(results, indent=1))
         console.print(f"wrote {json_out}")

@@ -6,7 +6,7 @@ from router.artifact import load_router, save_router
 from router.base import Knobs
 from router.data import validation_split
 from router.evaluate import bench
-from router.learned import KnobError, fit_router
+from router.learned import BATCH_BUDGET_MIN, KnobError, fit_router
 from router.metrics import curve_metrics
 
 from router.synthetic import make_table
@@ -63,13 +63,36 @@ def test_curve_spans_cheapest_to_best(bench_result):
     assert curve[0]["knob"] == 0.0 and curve[-1]["knob"] == 1.0
 
 
+@pytest.mark.parametrize("batch", [True, False])
 @pytest.mark.parametrize("fraction", [0.1, 0.2, 0.35])
-def test_budget_is_met_within_ten_percent_on_held_out(split, default_router, fraction):
+def test_budget_is_met_within_ten_percent_on_held_out(split, default_router, fraction, batch):
     _, _, ev, emb_ev = split
+    assert len(ev) >= BATCH_BUDGET_MIN  # batch=True solves the budget on the batch's predicted costs
     target = fraction * ev.costs[:, -1].mean()
-    picks = default_router.choose(default_router.predict(ev.texts, emb_ev), Knobs(budget_usd=target))
+    picks = default_router.choose(default_router.predict(ev.texts, emb_ev), Knobs(budget_usd=target),
+                                  batch_budget=batch)
     realised = ev.costs[np.arange(len(ev)), picks].mean()
     assert abs(realised / target - 1) <= 0.10, (target, realised)
+
+
+def test_small_groups_use_the_calibrated_lambda(split, default_router):
+    _, _, ev, emb_ev = split
+    target = 0.2 * ev.costs[:, -1].mean()
+    pred = default_router.predict(ev.texts, emb_ev)
+    rows = np.arange(10)
+    a = default_router.choose(pred, Knobs(budget_usd=target), rows)
+    b = default_router.choose(pred, Knobs(budget_usd=target), rows, batch_budget=False)
+    assert (a == b).all()
+
+
+@pytest.mark.parametrize("knobs", [Knobs(alpha=1.5), Knobs(alpha=float("nan")), Knobs(budget_usd=-1.0),
+                                   Knobs(budget_usd=float("inf"))])
+def test_bad_knob_values_are_clear_errors(split, default_router, knobs):
+    _, _, ev, emb = split
+    with pytest.raises(KnobError, match="must be"):
+        default_router.route(ev.texts[:3], emb[:3], [knobs] * 3)
+    with pytest.raises(KnobError, match="must be"):  # the batch path checks too
+        default_router.route(ev.texts, emb, [knobs] * len(ev))
 
 
 def test_knobs_allowed_models_floor_and_tier(split, default_router):

@@ -1,16 +1,23 @@
-"""The shipped default artifact and the embedding cache (real MiniLM on a handful of texts)."""
-import numpy as np
+"""The shipped artifacts and the embedding cache (real MiniLM on a handful of texts)."""
+import json
+from pathlib import Path
 
-from router.artifact import load_default
+import numpy as np
+import pytest
+
+from router.artifact import load_default, load_routerbench
 from router.base import TIERS, Knobs
 from router.embeddings import DIM, embed, embedding_text
 
+SAMPLE_JOB = Path(__file__).resolve().parents[1] / "switchyard" / "data" / "sample_job.jsonl"
 
-def test_default_artifact_loads_and_routes(tmp_path):
+
+def test_default_artifact_is_the_dcrouter_router_and_routes(tmp_path):
     router = load_default()
-    assert router.version and router.meta["dataset"] == "routerbench_subset"
+    assert router.version and router.meta["dataset"] == "llmrouter_dcrouter"
     assert set(router.tiers.values()) == set(TIERS)
-    assert router.tiers["gpt-4-1106-preview"] == "large" and router.tiers["mistralai/mistral-7b-chat"] == "small"
+    assert router.tiers["llama3-chatqa-1.5-70b"] == "large" and router.tiers["qwen2.5-7b-instruct"] == "small"
+    assert router.tiers["llama-3.3-nemotron-super-49b-v1"] == "medium"
     texts = ["Write a python function to check whether a number is prime.",
              "Which gas do plants absorb?\nA) oxygen\nB) carbon dioxide\nC) helium\nD) neon\nAnswer:"]
     emb = embed(texts, cache_dir=tmp_path)
@@ -19,6 +26,26 @@ def test_default_artifact_loads_and_routes(tmp_path):
     assert all(c.predicted_cost_usd <= b.predicted_cost_usd for c, b in zip(cheap, best))
     assert all(c.tier in TIERS and 0 <= c.predicted_quality <= 1 for c in best + cheap)
     assert all(c.cluster >= 0 for c in best)
+
+
+def test_default_router_uses_all_three_tiers_on_the_sample_job(tmp_path):
+    """At the default knob the live stream must exercise small, medium and large."""
+    texts = [json.loads(line)["body"]["messages"][-1]["content"] for line in SAMPLE_JOB.read_text().splitlines()]
+    assert len(texts) == 30
+    router = load_default()
+    choices = router.route(texts, embed(texts, cache_dir=tmp_path), [Knobs()] * len(texts))
+    tiers = [c.tier for c in choices]
+    assert set(tiers) == set(TIERS), {t: tiers.count(t) for t in TIERS}
+
+
+def test_routerbench_artifact_loads_and_routes(tmp_path):
+    router = load_routerbench()
+    assert router.meta["dataset"] == "routerbench_subset" and set(router.tiers.values()) == set(TIERS)
+    assert router.tiers["gpt-4-1106-preview"] == "large" and router.tiers["mistralai/mistral-7b-chat"] == "small"
+    texts = ["Write a python function to check whether a number is prime."]
+    emb = embed(texts, cache_dir=tmp_path)
+    assert router.route(texts, emb, [Knobs(alpha=1.0)])[0].tier in TIERS
+    assert router.route(texts, emb, [Knobs(alpha=0.0)])[0].model == "mistralai/mistral-7b-chat"
 
 
 def test_embeddings_are_normalised_and_cached(tmp_path):

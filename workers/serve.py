@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
+from schemas.common import TIERS
 from workers.engine import EngineError, XllamacppEngine, engine_kwargs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-TIERS: tuple[str, ...] = ("small", "medium", "large")
 ADDRESS_FILE = "switchyard-serve.json"
 NAMESPACE = "switchyard"
 DEFAULT_NUM_CPUS_PER_REPLICA = 0.3  # 3 tiers (0.9) + controller (0) fit into 2 cores
