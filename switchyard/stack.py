@@ -79,6 +79,10 @@ class Stack:
 
     def start(self, timeout: float = 600) -> StackInfo:
         s = self.settings
+        running = StackInfo.load(info_path(s))
+        if running is not None and _pid_alive(running.pid):
+            raise StackError(f"a stack is already running on {s.data_dir} (pid {running.pid}, broker "
+                             f"{running.bootstrap}); stop it or use another SWITCHYARD_DATA_DIR")
         s.data_dir.mkdir(parents=True, exist_ok=True)
         logs = s.data_dir / "logs"
         logs.mkdir(exist_ok=True)
@@ -185,7 +189,8 @@ class Stack:
             except subprocess.TimeoutExpired:
                 _kill_group(proc, signal.SIGKILL)
                 proc.wait()
-        info_path(self.settings).unlink(missing_ok=True)
+        if self.info is not None:  # only the stack that wrote the info file removes it
+            info_path(self.settings).unlink(missing_ok=True)
 
     def __enter__(self) -> Stack:
         try:
@@ -197,6 +202,16 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:

@@ -161,3 +161,13 @@ def test_auto_grades_flow_to_feedback_and_the_outcomes_report(stack):
     expected = sum(f.score for f in feedback) / 2
     got = sum(r["quality"] * r["graded"] for r in rows) / 2
     assert abs(got - expected) < 1e-9
+
+
+def test_a_second_stack_on_the_same_data_dir_is_refused_and_the_first_survives(stack):
+    from switchyard.stack import Stack, StackError
+
+    second = Stack(stack.settings.model_copy(deep=True))
+    with pytest.raises(StackError, match="already running"):
+        second.start()
+    second.stop()
+    assert Warehouse.open(stack.settings).url, "the running stack's info must be left alone"
