@@ -56,6 +56,7 @@ class BenchResult:
     single_models: dict[str, dict[str, float]] = field(default_factory=dict)
     intervals: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # 95 % bootstrap
     paired: dict[str, dict[str, dict]] = field(default_factory=dict)  # default − baseline
+    default: str = "switchyard"
     fold_metrics: dict[str, dict[str, dict]] = field(default_factory=dict)  # per-fold mean / std
     n_folds: int = 1
     n_bootstrap: int = 0
@@ -73,6 +74,7 @@ class BenchResult:
             "metrics": self.metrics,
             "intervals_95": self.intervals,
             "paired_vs_baselines": self.paired,
+            "paired_default": self.default,
             "fold_metrics": self.fold_metrics,
             "curves": self.curves,
             "budget_check": self.budget_check,
@@ -232,7 +234,7 @@ def _bootstrap(curves: dict[str, _Curve], table: RoutingTable, best: int, cheap:
 
 
 def _score(res: BenchResult, table: RoutingTable, curves: dict[str, _Curve], best: int, cheap: int,
-           n_boot: int, seed: int, folds: np.ndarray | None = None) -> None:
+           n_boot: int, seed: int, folds: np.ndarray | None = None, default: str = "switchyard") -> None:
     res.curves = {
         name: [{"knob": k, "cost": float(c), "quality": float(q)}
                for k, c, q in zip(cv.knobs, cv.cost.mean(axis=1), cv.quality.mean(axis=1))]
@@ -241,8 +243,9 @@ def _score(res: BenchResult, table: RoutingTable, curves: dict[str, _Curve], bes
     res.metrics = _metrics_on(curves, np.arange(len(table)), res.reference)
     if n_boot > 0:
         t0 = time.perf_counter()
-        res.intervals, res.paired = _bootstrap(curves, table, best, cheap, n_boot, seed, "switchyard", PAIRED_BASELINES)
+        res.intervals, res.paired = _bootstrap(curves, table, best, cheap, n_boot, seed, default, PAIRED_BASELINES)
         res.n_bootstrap = n_boot
+        res.default = default
         res.timings_s["bootstrap"] = round(time.perf_counter() - t0, 2)
     if folds is not None:
         per_fold: dict[str, dict[str, list[float]]] = {}
@@ -300,6 +303,7 @@ def bench(
     seed: int = 0,
     on_step: Callable[[str], None] | None = None,
     n_bootstrap: int = 0,
+    default: str = "switchyard",
 ) -> BenchResult:
     """Fit on `train`, score on `evaluation` (a test split or one validation split)."""
     if list(train.models) != list(evaluation.models):
@@ -320,7 +324,7 @@ def bench(
         if name == "switchyard":
             bp = budget_picks(router, evaluation.texts, emb_eval, targets)
             res.budget_check = _budget_summary(evaluation, targets, [b for b, _ in bp], [f for _, f in bp])
-    _score(res, evaluation, curves, best, cheap, n_bootstrap, seed)
+    _score(res, evaluation, curves, best, cheap, n_bootstrap, seed, default=default)
     return res
 
 
@@ -333,6 +337,7 @@ def bench_cv(
     seed: int = 0,
     on_step: Callable[[str], None] | None = None,
     n_bootstrap: int = 1000,
+    default: str = "switchyard",
 ) -> BenchResult:
     """K-fold cross-validation: fold f is routed by routers fitted on the other folds; the picks of
     all folds are pooled and scored as one curve over every query (see the module docstring)."""
@@ -373,5 +378,5 @@ def bench_cv(
         res.timings_s[f"route_{name}"] = round(t_route, 2)
     if "switchyard" in routers:
         res.budget_check = _budget_summary(table, targets, batch_p, fixed_p, folds)
-    _score(res, table, curves, best, cheap, n_bootstrap, seed, folds)
+    _score(res, table, curves, best, cheap, n_bootstrap, seed, folds, default=default)
     return res

@@ -202,19 +202,55 @@ def _fmt(v: float, pct: bool = True) -> str:
     return f"{v:.1f}" if pct else f"{v:.3f}"
 
 
+def _cell(m: dict, iv: dict | None, key: str) -> str:
+    pct = key != "apgr"
+    v = _fmt(m[key], pct)
+    if iv and key in iv and not math.isnan(iv[key][0]):
+        v += f" [{_fmt(iv[key][0], pct)}, {_fmt(iv[key][1], pct)}]"
+    return v
+
+
 def render_bench_table(result: dict) -> Table:
     from router.metrics import METRIC_LABELS
 
     ref = result["reference"]
+    nb = result.get("n_bootstrap") or 0
     table = Table(
-        title=f"{result['dataset']}: {result['n_train_queries']} train / {result['n_eval_queries']} "
-        f"{result['eval_source']} queries; best single = {ref['best_quality']:.3f} @ ${ref['best_cost']:.6f}"
+        title=f"{result['dataset']}: {result['n_eval_queries']} queries scored, {result['eval_source']}; "
+        f"best single = {ref['best_quality']:.3f} @ ${ref['best_cost']:.6f}"
+        + (f"; [95 % query-bootstrap interval, {nb} resamples]" if nb else "")
     )
     table.add_column("router")
     for label in METRIC_LABELS.values():
         table.add_column(label, justify="right")
+    intervals = result.get("intervals_95") or {}
     for name, m in result["metrics"].items():
-        table.add_row(name, *[_fmt(m[k], pct=k != "apgr") for k in METRIC_LABELS])
+        table.add_row(name, *[_cell(m, intervals.get(name), k) for k in METRIC_LABELS])
+    return table
+
+
+def render_paired_table(result: dict) -> Table | None:
+    from router.metrics import METRIC_LABELS
+
+    paired = result.get("paired_vs_baselines") or {}
+    if not paired:
+        return None
+    default = result.get("paired_default", "switchyard")
+    table = Table(title=f"{result['dataset']}: {default} − baseline, paired 95 % interval "
+                  f"(P = share of resamples where {default} is better; costs: lower is better)")
+    table.add_column("vs")
+    for label in METRIC_LABELS.values():
+        table.add_column(label, justify="right")
+    for base, m in paired.items():
+        cells = []
+        for k in METRIC_LABELS:
+            d = m.get(k)
+            if d is None or math.isnan(d["diff_95"][0]):
+                cells.append("—")
+                continue
+            pct = k != "apgr"
+            cells.append(f"[{_fmt(d['diff_95'][0], pct)}, {_fmt(d['diff_95'][1], pct)}] P={d['p_default_better']:.2f}")
+        table.add_row(base, *cells)
     return table
 
 
@@ -226,16 +262,20 @@ def bench_routing(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
     sweep: int = typer.Option(21, "--sweep", min=2, help="Operating points per router."),
     routers: str = typer.Option("switchyard,knn,cluster,sw_ranking,mf,classifier", "--routers"),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.05, max=0.5),
+    folds: int = typer.Option(5, "--folds", min=1, help="K-fold cross-validation over the train rows (by query_id); "
+                              "1 = a single validation split of --val-fraction. Ignored when test rows exist."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.05, max=0.5, help="Validation share when --folds 1."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Query-bootstrap resamples for 95 % intervals (0 = none)."),
     seed: int = typer.Option(0, "--seed"),
     embed_cache: Optional[Path] = typer.Option(None, "--embed-cache"),
 ):
-    """Fit on train; evaluate on test rows if present, else on a seeded validation split of train."""
+    """Fit on train and score on queries the routers never saw: test rows if present, else K-fold
+    cross-validation over train (default 5; pooled out-of-fold), or one validation split (--folds 1)."""
     with clear_errors():
         import numpy as np
 
-        from router.data import validation_split
-        from router.evaluate import bench
+        from router.data import cv_folds, validation_split
+        from router.evaluate import bench, bench_cv
         from router.learned import ROUTER_KINDS
 
         names = [r.strip() for r in routers.split(",") if r.strip()]
@@ -249,34 +289,49 @@ def bench_routing(
             t_embed = time.perf_counter() - t0
             is_test = np.array([s == "test" for s in table.splits])
             is_train = np.array([s == "train" for s in table.splits])
-            if is_test.any():
-                train_idx, eval_idx, source = np.flatnonzero(is_train), np.flatnonzero(is_test), "test"
-            else:
-                val = validation_split([table.query_ids[i] for i in np.flatnonzero(is_train)], val_fraction, seed)
-                tr = np.flatnonzero(is_train)
-                train_idx, eval_idx = tr[~val], tr[val]
-                source = f"validation (seed {seed}, {val_fraction:.0%} of train by query_id)"
-            if not len(train_idx) or not len(eval_idx):
-                raise InputError(f"{name}: need both training and evaluation queries")
+            tr = np.flatnonzero(is_train)
+            n_steps = len(names) * (folds if (folds > 1 and not is_test.any()) else 1)
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), console=console, transient=True) as progress:
-                task = progress.add_task(f"{name}", total=len(names))
+                task = progress.add_task(f"{name}", total=n_steps)
 
                 def step(msg, task=task):
-                    progress.update(task, description=f"{name}: {msg}", completed=names.index(msg.split()[-1]))
+                    progress.update(task, description=f"{name}: {msg}")
+                    progress.advance(task, 1)
 
-                res = bench(table.subset(train_idx), table.subset(eval_idx), emb[train_idx], emb[eval_idx],
-                            routers=names, points=sweep, eval_source=source, seed=seed, on_step=step)
+                if is_test.any() or folds == 1:
+                    if is_test.any():
+                        train_idx, eval_idx, source = tr, np.flatnonzero(is_test), "test"
+                    else:
+                        val = validation_split([table.query_ids[i] for i in tr], val_fraction, seed)
+                        train_idx, eval_idx = tr[~val], tr[val]
+                        source = f"validation (seed {seed}, {val_fraction:.0%} of train by query_id)"
+                    if not len(train_idx) or not len(eval_idx):
+                        raise InputError(f"{name}: need both training and evaluation queries")
+                    res = bench(table.subset(train_idx), table.subset(eval_idx), emb[train_idx], emb[eval_idx],
+                                routers=names, points=sweep, eval_source=source, seed=seed, on_step=step,
+                                n_bootstrap=bootstrap)
+                else:
+                    if len(tr) < 10 * folds:
+                        raise InputError(f"{name}: {len(tr)} training queries are too few for {folds} folds")
+                    sub = table.subset(tr)
+                    res = bench_cv(sub, emb[tr], cv_folds(sub.query_ids, folds, seed), routers=names,
+                                   points=sweep, seed=seed, on_step=step, n_bootstrap=bootstrap)
             res.timings_s["embed"] = round(t_embed, 2)
             res.timings_s["total"] = round(time.perf_counter() - t0, 2)
             out = res.to_json()
             results[name] = out
-            Console(width=200).print(render_bench_table(out))
+            wide = Console(width=260)
+            wide.print(render_bench_table(out))
+            paired = render_paired_table(out)
+            if paired is not None:
+                wide.print(paired)
             if out["budget_check"]:
                 bc = ", ".join(f"${b['target_usd']:.6f}→{b['ratio']:.2f}×" for b in out["budget_check"])
                 fx = ", ".join(f"{b['ratio_fixed_lambda']:.2f}×" for b in out["budget_check"])
-                Console(width=200).print(f"budget calibration (realised / target mean cost), one batch: {bc}; "
-                                         f"query by query (calibrated λ): {fx}")
+                wide.print(f"budget calibration (realised / target mean cost), one batch: {bc}; "
+                           f"query by query (calibrated λ): {fx}")
+            wide.print(f"timings (s): {out['timings_s']}")
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(results, indent=1))
         console.print(f"wrote {json_out}")

@@ -106,3 +106,22 @@ def test_score_out_of_range_message_survives_markup(tmp_path):
     bad[0]["score"] = 1.5
     r = run("router", "fit", "--data", write_jsonl(tmp_path / "d.jsonl", bad), "--out", tmp_path / "o", "--kind", "knn")
     assert r.exit_code == 2 and "outside [0, 1]" in r.output
+
+
+def test_bench_routing_cross_validates_with_intervals(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", rows(n=40))
+    out = tmp_path / "b.json"
+    r = run("bench", "routing", "--data", data, "--json", out, "--routers", "knn,cluster", "--folds", 3,
+            "--bootstrap", 50, "--sweep", 5, "--embed-cache", tmp_path / "cache")
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())["toy"]
+    assert res["n_folds"] == 3 and res["n_eval_queries"] == 40 and res["n_bootstrap"] == 50
+    assert "knn" in res["intervals_95"] and "cross-validation" in res["eval_source"]
+    r = run("bench", "routing", "--data", data, "--json", out, "--routers", "knn", "--folds", 1,
+            "--bootstrap", 0, "--sweep", 5, "--embed-cache", tmp_path / "cache")
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())["toy"]
+    assert res["n_folds"] == 1 and res["n_eval_queries"] < 40 and not res["intervals_95"]
+    r = run("bench", "routing", "--data", data, "--json", out, "--routers", "knn", "--folds", 5,
+            "--embed-cache", tmp_path / "cache")
+    assert r.exit_code == 2 and "too few for 5 folds" in r.output
