@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Any, Literal
 
@@ -177,12 +178,21 @@ class DeadLetter(_Message):
     stage: str
     reason: str
     original: str = Field(description="the original bytes, decoded as UTF-8 with replacement")
+    original_base64: str = Field(default="", description="the original bytes, exactly")
     topic: str
     partition: int
     offset: int
     job_id: str | None = None
     key: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+
+    @classmethod
+    def of(cls, stage: str, reason: str, raw: bytes, topic: str, partition: int, offset: int,
+           job_id: str | None = None, key: bytes | None = None) -> DeadLetter:
+        return cls(stage=stage, reason=reason, original=raw.decode("utf-8", errors="replace"),
+                   original_base64=base64.b64encode(raw).decode(), topic=topic, partition=partition,
+                   offset=offset, job_id=job_id,
+                   key=key.decode("utf-8", errors="replace") if key else None)
 
     @field_validator("reason")
     @classmethod

@@ -36,11 +36,12 @@ class Output:
     value: bytes
 
 
+def letter_for(stage: str, reason: str, record: RawRecord, job_id: str | None = None) -> DeadLetter:
+    """A dead letter for a record; the job comes from the caller or the record's header."""
+    job_id = job_id or (record.headers.get(HEADER_JOB_ID, b"").decode(errors="replace") or None)
+    return DeadLetter.of(stage, reason, record.value, record.topic, record.partition, record.offset,
+                         job_id, record.key)
+
+
 def dead_letter(stage: str, reason: str, record: RawRecord, dlq_topic: str, job_id: str | None = None) -> Output:
-    letter = DeadLetter(
-        stage=stage, reason=reason, original=record.value.decode("utf-8", errors="replace"),
-        topic=record.topic, partition=record.partition, offset=record.offset,
-        job_id=job_id or (record.headers.get(HEADER_JOB_ID, b"").decode(errors="replace") or None),
-        key=record.key.decode("utf-8", errors="replace") if record.key else None,
-    )
-    return Output(dlq_topic, record.key, encode(letter))
+    return Output(dlq_topic, record.key, encode(letter_for(stage, reason, record, job_id)))

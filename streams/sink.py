@@ -19,7 +19,7 @@ from schemas import DeadLetter, Feedback, Result, RoutingDecision
 from schemas.validation import InvalidMessage, parse_message, parse_query
 from streams.kafka import consume_in_batches, make_consumer
 from streams.query_server import start_query_server
-from streams.records import RawRecord
+from streams.records import RawRecord, letter_for
 from switchyard.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,16 +35,13 @@ class Row:
 
 
 def _dead_letter_row(record: RawRecord, reason: str, job_id: str | None = None) -> Row:
-    letter = DeadLetter(stage=STAGE, reason=reason,
-                        original=record.value.decode("utf-8", errors="replace"),
-                        topic=record.topic, partition=record.partition, offset=record.offset,
-                        job_id=job_id)
-    return _dead_letter_values(letter)
+    return _dead_letter_values(letter_for(STAGE, reason, record, job_id))
 
 
 def _dead_letter_values(d: DeadLetter) -> Row:
     return Row("dead_letters", dict(
-        stage=d.stage, reason=d.reason, original=d.original, topic=d.topic,
+        stage=d.stage, reason=d.reason, original=d.original, original_base64=d.original_base64,
+        topic=d.topic,
         partition=d.partition, offset=d.offset, job_id=d.job_id or "", key=d.key or "",
         created_at=d.created_at))
 

@@ -5,7 +5,6 @@ import asyncio
 import json
 import logging
 import os
-import sys
 import time
 from importlib.resources import files
 from pathlib import Path

@@ -72,3 +72,12 @@ def test_knobs_the_learned_router_cannot_honour_dead_letter_only_that_request():
     decisions = [decode(RoutingDecision, o.value) for o in outputs if o.topic == "decisions"]
     assert [d.custom_id for d in decisions] == ["fine"]
     assert decisions[0].router_version == load_default().version
+
+
+def test_a_dead_letter_keeps_the_exact_original_bytes(processor):
+    import base64
+
+    raw = b"\xff\xfe not utf-8 \x00"
+    letter = decode(DeadLetter, processor.process([_rec(raw, 9)])[0].value)
+    assert base64.b64decode(letter.original_base64) == raw
+    assert "not utf-8" in letter.original

@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     stage LowCardinality(String),
     reason String,
     original String,
+    original_base64 String,
     topic String,
     partition Int32,
     offset Int64,
