@@ -25,7 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ray import serve
+# Keep Ray on loopback: by default it takes the host's outward-facing address as its node IP
+# and every Ray process talks over it. This switch (read when ray is first imported) makes
+# Ray use 127.0.0.1 for a single-node cluster; a multi-node production cluster unsets it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from ray import serve  # noqa: E402
 
 from schemas.common import TIERS
 from workers.engine import EngineError, XllamacppEngine, engine_kwargs
