@@ -31,7 +31,21 @@ try:  # the router brain's commands live beside the router (router fit/route, be
     app.add_typer(router_app, name="router")
     app.add_typer(bench_app, name="bench")
 except ImportError:  # pragma: no cover
-    pass
+    bench_app = typer.Typer(help="Benchmarks.")
+    app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(requests: int = typer.Option(256, help="Queries through the router stage."),
+                   sink_rows: int = typer.Option(2000, help="Rows through the ClickHouse writer."),
+                   json_out: Path = typer.Option(Path("bench-pipeline.json"), "--json")) -> None:
+    """Router and sink stage throughput at two batch sizes, side by side; writes JSON."""
+    from switchyard.bench_pipeline import run
+
+    with console.status("measuring the router and sink stages…"):
+        figures = run(requests, sink_rows)
+    json_out.write_text(json.dumps(figures, indent=2))
+    out.print_json(json.dumps(figures))
 
 
 def _settings(all_tiers_small: bool | None = None, engine: str | None = None) -> Settings:
