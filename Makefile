@@ -37,5 +37,13 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
+# Benchmarks write JSON; the routing one needs the shared routing data beside the repo.
+ROUTING_DATA := ../shared/data/routing
+bench: $(STAMP)
+	$(BIN)/switchyard bench pipeline --json bench-pipeline.json
+	$(BIN)/switchyard bench routing \
+		--data $(ROUTING_DATA)/routerbench_subset.jsonl.gz,$(ROUTING_DATA)/llmrouter_dcrouter.jsonl.gz \
+		--prices $(ROUTING_DATA)/llmrouter_dcrouter.prices.json --json bench-routing.json
+
 clean:
 	rm -rf $(VENV) .switchyard
