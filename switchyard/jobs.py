@@ -108,8 +108,9 @@ async def wait_for(kafka: KafkaSettings, sub: Submission, timeout: float,
     outcome = JobOutcome()
     seen_dead: set[tuple[str, int, int]] = set()
     try:
+        await consumer.topics()  # fetches cluster metadata, so partitions are known
         tps = [TopicPartition(t, p) for t in (f"{kafka.topic_prefix}{RESULTS}", f"{kafka.topic_prefix}{DLQ}")
-               for p in (consumer.partitions_for_topic(t) or await _partitions(consumer, t))]
+               for p in consumer.partitions_for_topic(t) or ()]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         deadline = time.monotonic() + timeout
@@ -150,11 +151,6 @@ def _take_dead_letter(raw: bytes, sub: Submission, outcome: JobOutcome, seen: se
     if letter.job_id == sub.job_id and where not in seen:
         seen.add(where)
         outcome.dead_letters.append(letter)
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()  # aiokafka has no public call for this
-    return consumer.partitions_for_topic(topic) or {0}
 
 
 def write_batch_output(path: Path, outcome: JobOutcome) -> None:
