@@ -8,7 +8,7 @@ numpy only; scikit-learn / torch are used to fit.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np

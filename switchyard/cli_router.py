@@ -114,7 +114,10 @@ def fit(
         emb = _embed_with_progress(table.texts, f"{len(table)} queries", embed_cache)
         t1 = time.perf_counter()
         with console.status(f"fitting {kind} router on {len(table)} queries × {len(table.models)} models"):
-            router = fit_router(kind, table, emb)
+            from router.evaluate import single_threaded
+
+            with single_threaded():  # one BLAS / torch thread: faster on 2 cores, and reproducible
+                router = fit_router(kind, table, emb)
         save_router(router, out)
         t2 = time.perf_counter()
         size = sum(f.stat().st_size for f in Path(out).iterdir())
@@ -162,7 +165,6 @@ def route(
 ):
     """Route every query at each operating point of the knob sweep."""
     with clear_errors():
-        import numpy as np
 
         from router.artifact import load_router
         from router.base import Knobs
@@ -266,6 +268,8 @@ def bench_routing(
                               "1 = a single validation split of --val-fraction. Ignored when test rows exist."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.05, max=0.5, help="Validation share when --folds 1."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Query-bootstrap resamples for 95 % intervals (0 = none)."),
+    jobs: int = typer.Option(2, "--jobs", min=1, help="Worker processes for the cross-validation fits "
+                             "(one thread each; the results do not depend on it)."),
     seed: int = typer.Option(0, "--seed"),
     embed_cache: Optional[Path] = typer.Option(None, "--embed-cache"),
 ):
@@ -316,7 +320,7 @@ def bench_routing(
                         raise InputError(f"{name}: {len(tr)} training queries are too few for {folds} folds")
                     sub = table.subset(tr)
                     res = bench_cv(sub, emb[tr], cv_folds(sub.query_ids, folds, seed), routers=names,
-                                   points=sweep, seed=seed, on_step=step, n_bootstrap=bootstrap)
+                                   points=sweep, seed=seed, on_step=step, n_bootstrap=bootstrap, jobs=jobs)
             res.timings_s["embed"] = round(t_embed, 2)
             res.timings_s["total"] = round(time.perf_counter() - t0, 2)
             out = res.to_json()

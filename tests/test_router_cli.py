@@ -2,7 +2,6 @@
 import gzip
 import json
 
-import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -112,7 +111,7 @@ def test_bench_routing_cross_validates_with_intervals(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", rows(n=40))
     out = tmp_path / "b.json"
     r = run("bench", "routing", "--data", data, "--json", out, "--routers", "knn,cluster", "--folds", 3,
-            "--bootstrap", 50, "--sweep", 5, "--embed-cache", tmp_path / "cache")
+            "--bootstrap", 50, "--sweep", 5, "--jobs", 1, "--embed-cache", tmp_path / "cache")
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())["toy"]
     assert res["n_folds"] == 3 and res["n_eval_queries"] == 40 and res["n_bootstrap"] == 50

@@ -7,7 +7,6 @@ from router.base import Knobs
 from router.data import validation_split
 from router.evaluate import bench
 from router.learned import BATCH_BUDGET_MIN, KnobError, fit_router
-from router.metrics import curve_metrics
 
 from router.synthetic import make_table
 

@@ -37,7 +37,6 @@ def test_cv_pools_out_of_fold_picks_over_every_query(cv_result):
     table, emb, folds, res = cv_result
     assert res.n_eval == len(table) and res.n_folds == 3
     # the pooled knn curve equals refitting per fold by hand and routing only the held-out fold
-    rows = np.arange(len(table))
     cost = np.zeros(len(table))
     for f in range(3):
         tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
@@ -61,3 +60,12 @@ def test_cv_reports_intervals_paired_differences_and_fold_spread(cv_result):
     spread = res.fold_metrics["knn"]["auc"]
     assert len(spread["values"]) == 3 and spread["std"] >= 0
     json.dumps(res.to_json())  # serialisable (NaN allowed)
+
+
+def test_cv_results_do_not_depend_on_worker_processes():
+    table, emb = make_table(n=200, seed=3)
+    folds = cv_folds(table.query_ids, 3, seed=0)
+    kw = dict(routers=("knn", "cluster"), points=6, n_bootstrap=0)
+    a = bench_cv(table, emb, folds, jobs=1, **kw)
+    b = bench_cv(table, emb, folds, jobs=2, **kw)
+    assert a.curves == b.curves

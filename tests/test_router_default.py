@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from router.artifact import load_default, load_routerbench
 from router.base import TIERS, Knobs
