@@ -38,7 +38,9 @@ class TierProcessor:
         self.settings = settings
         self.model = settings.workers.models["small" if settings.workers.all_tiers_small else tier]
         self.prefix = settings.kafka.topic_prefix
-        self.slots = asyncio.Semaphore(max(1, self.model.parallel_slots * 2))
+        # Twice the engine's slots: one request decoding per slot, one queued behind it.
+        self.max_in_flight = max(1, self.model.parallel_slots * 2)
+        self.slots = asyncio.Semaphore(self.max_in_flight)
 
     async def process(self, records: list[RawRecord]) -> list[Output]:
         return list(await asyncio.gather(*(self._one(r) for r in records)))
@@ -101,7 +103,7 @@ async def run_tier_worker(tier: Tier, settings: Settings, engine: Engine | None 
         await produce_all(producer, await processor.process(records))
 
     try:
-        await consume_in_batches(consumer, handle, max_records=processor.model.parallel_slots * 2,
+        await consume_in_batches(consumer, handle, max_records=processor.max_in_flight,
                                  timeout_ms=500, stop=stop)
     finally:
         await consumer.stop()
