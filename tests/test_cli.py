@@ -77,6 +77,30 @@ def test_up_submit_status_results_and_ctrl_c(tmp_path):
 
         missing = _cli("submit", str(tmp_path / "nope.jsonl"), env=env)
         assert missing.returncode == 2 and "no such file" in missing.stderr
+
+        # A stage that crashes is restarted by `up`, and the next job is answered.
+        ready = data_dir / "run" / "worker-small.ready"
+        victims = [p for p in _processes_mentioning(str(tmp_path))
+                   if b"--tier\x00small" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(victims) == 1
+        before = ready.read_text(), ready.stat().st_mtime_ns
+        os.kill(victims[0], signal.SIGKILL)
+
+        def restarted() -> bool:  # the new process writes a fresh marker
+            try:
+                return (ready.read_text(), ready.stat().st_mtime_ns) != before
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 120
+        while not restarted() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert restarted(), "`up` did not restart the crashed tier worker"
+        job2 = tmp_path / "job2.jsonl"
+        job2.write_bytes(b"\n".join(request_line(f"c{i}", "Say yes.", routing={"pinned_tier": "small"})
+                                    for i in range(2)) + b"\n")
+        again = _cli("submit", str(job2), "--wait", "--json", "--job-id", "cli-job-2", env=env)
+        assert again.returncode == 0 and json.loads(again.stdout)["answered"] == 2
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(timeout=60)
