@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -37,11 +38,28 @@ def make_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
                             max_request_size=16 * 1024 * 1024)
 
 
-async def produce_all(producer: AIOKafkaProducer, outputs: Iterable[Output]) -> None:
+async def produce_all(producer: AIOKafkaProducer, outputs: Iterable[Output],
+                      on_sent: Callable[[int], None] | None = None) -> int:
     """Send every output and wait until the broker has acknowledged all of them."""
-    futures = [await producer.send(o.topic, o.value, key=o.key) for o in outputs]
+    futures = []
+    for o in outputs:
+        futures.append(await producer.send(o.topic, o.value, key=o.key, headers=list(o.headers) or None))
+        if on_sent:
+            on_sent(1)
     if futures:
         await asyncio.gather(*futures)
+    return len(futures)
+
+
+@asynccontextmanager
+async def producing(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+    """A started producer for one piece of work (a CLI command), stopped (and flushed) after."""
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
 
 
 async def consume_in_batches(consumer: AIOKafkaConsumer, handle: BatchHandler, *,

@@ -34,6 +34,7 @@ class Output:
     topic: str
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def letter_for(stage: str, reason: str, record: RawRecord, job_id: str | None = None) -> DeadLetter:

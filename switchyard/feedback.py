@@ -9,7 +9,8 @@ from typing import Any, Iterable
 from infra.topics import FEEDBACK
 from schemas import Feedback, Result, encode
 from schemas.common import request_id_for
-from streams.kafka import make_producer
+from streams.kafka import produce_all, producing
+from streams.records import Output
 from switchyard.settings import KafkaSettings
 
 
@@ -59,12 +60,6 @@ def auto_grade(results: Iterable[Result], references: dict[str, Reference]) -> l
 
 
 async def publish_feedback(kafka: KafkaSettings, feedback: list[Feedback]) -> None:
-    producer = make_producer(kafka)
-    await producer.start()
-    try:
-        futures = [await producer.send(f"{kafka.topic_prefix}{FEEDBACK}", encode(f), key=f.request_id.encode())
-                   for f in feedback]
-        for f in futures:
-            await f
-    finally:
-        await producer.stop()
+    topic = f"{kafka.topic_prefix}{FEEDBACK}"
+    async with producing(kafka) as producer:
+        await produce_all(producer, (Output(topic, f.request_id.encode(), encode(f)) for f in feedback))

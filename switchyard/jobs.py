@@ -14,7 +14,8 @@ from infra.topics import DLQ, QUERIES, RESULTS
 from schemas import DeadLetter, Result, encode
 from schemas.common import HEADER_JOB_ID, HEADER_TENANT
 from schemas.validation import InvalidMessage, parse_message, parse_query
-from streams.kafka import make_producer
+from streams.kafka import produce_all, producing
+from streams.records import Output
 from switchyard.settings import KafkaSettings
 
 
@@ -71,21 +72,11 @@ def prepare(job: JobFile, job_id: str, tenant: str) -> tuple[Submission, list[tu
 
 async def publish(kafka: KafkaSettings, sub: Submission, messages: list[tuple[bytes, bytes]],
                   progress: Callable[[int], None] | None = None) -> None:
-    producer = make_producer(kafka)
-    await producer.start()
-    headers = [(HEADER_JOB_ID, sub.job_id.encode()), (HEADER_TENANT, sub.tenant.encode())]
-    try:
-        futures = []
-        for key, value in messages:
-            futures.append(await producer.send(f"{kafka.topic_prefix}{QUERIES}", value, key=key,
-                                               headers=headers))
-            if progress:
-                progress(1)
-        for f in futures:
-            await f
-        sub.sent = len(futures)
-    finally:
-        await producer.stop()
+    headers = ((HEADER_JOB_ID, sub.job_id.encode()), (HEADER_TENANT, sub.tenant.encode()))
+    topic = f"{kafka.topic_prefix}{QUERIES}"
+    async with producing(kafka) as producer:
+        sub.sent = await produce_all(producer, (Output(topic, key, value, headers) for key, value in messages),
+                                     progress)
 
 
 @dataclass
