@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from schemas.common import TIERS
@@ -188,40 +189,36 @@ def submit(
 @app.command()
 def status(job_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Progress and per-tier figures of a job, from ClickHouse."""
-    from switchyard.warehouse import JOB_BY_TIER, JOB_STATUS, Warehouse
+    from switchyard.warehouse import JOB_STATUS, Warehouse, outcomes_sql
 
     wh = Warehouse.open(_settings())
     try:
         counts = wh.rows(JOB_STATUS, {"job": job_id})[0]
-        tiers = wh.rows(JOB_BY_TIER, {"job": job_id})
+        tiers = wh.rows(outcomes_sql("tier", job_filter=True), {"job": job_id})
     finally:
         wh.close()
     if as_json:
         out.print_json(json.dumps({"job_id": job_id, **counts, "tiers": tiers}, default=str))
         return
     out.print(f"job {job_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    out.print(_tier_table(tiers))
-
-
-def _tier_table(tiers: list[dict]) -> Table:
-    table = Table("tier", "model", "requests", "p50 ms", "p95 ms", "completion tokens", "cost USD")
-    for t in tiers:
-        table.add_row(t["tier"], t["model"], str(t["requests"]), f"{t['p50_ms']:.0f}",
-                      f"{t['p95_ms']:.0f}", str(t["completion_tokens"]), f"{t['cost_usd']:.6f}")
-    return table
+    out.print(outcomes_table(tiers, "tier"))
 
 
 @app.command()
 def results(job_id: str, out_file: Optional[Path] = typer.Option(None, "--out"),
             as_json: bool = typer.Option(False, "--json")) -> None:
     """A job's answers from ClickHouse (JSON lines with --json or --out)."""
-    from switchyard.warehouse import JOB_RESULTS, Warehouse
+    from switchyard.warehouse import JOB_DEAD_LETTERS, JOB_RESULTS, Warehouse
 
     wh = Warehouse.open(_settings())
     try:
         rows = wh.rows(JOB_RESULTS, {"job": job_id})
+        dead = wh.rows(JOB_DEAD_LETTERS, {"job": job_id})
     finally:
         wh.close()
+    for letter in dead:  # on stderr, so --json output stays one result per line
+        console.print(f"[yellow]dead letter[/] ({letter['stage']}, {letter['topic']}@{letter['offset']}): "
+                      f"{escape(letter['reason'])}", highlight=False)
     if not rows:
         _fail(f"no results for job {job_id}", code=1)
     if out_file or as_json:

@@ -76,14 +76,6 @@ SELECT
     (SELECT count() FROM dead_letters FINAL WHERE job_id = {job:String}) AS dead_letters
 """
 
-JOB_BY_TIER = """
-SELECT tier, count() AS requests, any(model) AS model,
-       quantile(0.5)(end_to_end_ms) AS p50_ms, quantile(0.95)(end_to_end_ms) AS p95_ms,
-       sum(completion_tokens) AS completion_tokens, sum(cost_usd) AS cost_usd
-FROM results FINAL WHERE job_id = {job:String}
-GROUP BY tier ORDER BY tier
-"""
-
 JOB_RESULTS = """
 SELECT r.custom_id AS custom_id, r.tier AS tier, r.model AS model, r.status AS status,
        r.answer AS answer, r.error AS error, r.response AS response,

@@ -114,6 +114,7 @@ def test_up_submit_status_results_and_ctrl_c(tmp_path):
     assert res.returncode == 0, res.stderr
     rows = [json.loads(ln) for ln in res.stdout.splitlines()]
     assert sorted(r["custom_id"] for r in rows) == ["a", "b"] and all(r["answer"] for r in rows)
+    assert "dead letter" in res.stderr and "not valid JSON" in res.stderr
     assert _cli("results", "no-such-job", env=env).returncode == 1
 
 
