@@ -35,7 +35,6 @@ class Stage:
     args: list[str]
     proc: subprocess.Popen | None = None
     restarts: int = 0
-    started_at: float = 0.0
 
 
 @dataclass
@@ -127,7 +126,6 @@ class Stack:
     def _start_stage(self, stage: Stage) -> None:
         (run_dir(self.settings) / f"{stage.name}.ready").unlink(missing_ok=True)
         stage.proc = self._spawn(stage.args, stage.name)
-        stage.started_at = time.monotonic()
 
     def _wait_for_file(self, path: Path, timeout: float, proc: subprocess.Popen | None, name: str) -> str:
         deadline = time.monotonic() + timeout
