@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from router.costs import CostModel
+from router.features import FEATURE_NAMES
 from router.learned import LearnedRouter, content_version
 from router.policy import Calibration
 from router.quality import ESTIMATORS
@@ -66,6 +67,7 @@ def save_router(router: LearnedRouter, directory: str | Path) -> Path:
         "quality_kind": router.quality_model.kind,
         "quality_params": params,
         "calibrated": router.calibration is not None,
+        "features": list(FEATURE_NAMES),
         "meta": router.meta,
     }
     router.version = content_version(arrays, {k: json.dumps(v, sort_keys=True) for k, v in meta.items() if k != "meta"})
@@ -90,6 +92,11 @@ def load_router(directory: str | Path) -> LearnedRouter:
         raise ArtifactError(f"{meta_path}: invalid JSON ({exc.msg})") from None
     if meta.get("format") != FORMAT:
         raise ArtifactError(f"{meta_path}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
+    if meta.get("features") != list(FEATURE_NAMES):
+        raise ArtifactError(
+            f"{meta_path}: fitted with text features {meta.get('features')}, but this version computes "
+            f"{list(FEATURE_NAMES)}; refit it with `switchyard router fit`"
+        )
     with np.load(arrays_path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     for alias, canonical in meta.get("array_aliases", {}).items():

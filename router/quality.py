@@ -376,7 +376,102 @@ class MatrixFactorizationQuality(QualityModel):
         )
 
 
+# --------------------------------------------------------------------------- near duplicates
+
+
+def _nearest(emb: np.ndarray, train: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Index and cosine similarity of each query's nearest training query."""
+    idx = np.zeros(len(emb), dtype=np.int64)
+    sim = np.zeros(len(emb), dtype=np.float32)
+    for sl in _chunks(len(emb)):
+        sims = emb[sl] @ train.T
+        if exclude_self:
+            sims[np.arange(sims.shape[0]), np.arange(sl.start, sl.stop)] = -np.inf
+        idx[sl] = sims.argmax(axis=1)
+        sim[sl] = sims[np.arange(sims.shape[0]), idx[sl]]
+    return idx, sim
+
+
+@dataclass
+class NearDuplicateQuality(QualityModel):
+    """What happened to a near-copy of this query. Averaging neighbours (kNN, clusters) blurs a
+    sharp signal: two questions that differ in one word, or list the same options in the other
+    order, often have opposite right answers (Winogrande's twin sentences are built that way), so
+    a model that tends to answer the same letter fails one of them exactly when it passed the
+    other. For a query whose nearest training query has cosine ≥ `threshold`, one logistic
+    regression per model reads that neighbour's outcomes on every model (which, taken together,
+    reveal where its answer was), whether the options are swapped between the two (the product
+    of their `choice_order` features) and the interaction. Queries without a near copy get 0.5,
+    i.e. a zero logit in the stack, so this base speaks only where it knows something."""
+
+    kind: ClassVar[str] = "near_duplicate"
+    threshold: float = 0.99
+    c: float = 1.0
+    min_pairs: int = 30  # fewer near-duplicate training pairs than this: the base stays silent
+    train_emb: np.ndarray | None = None
+    train_scores: np.ndarray | None = None
+    train_order: np.ndarray | None = None  # (N,) choice_order feature
+    coef: np.ndarray | None = None  # (m, 2m + 1); None = silent
+    intercept: np.ndarray | None = None  # (m,)
+
+    @staticmethod
+    def _order(feats: np.ndarray) -> np.ndarray:
+        from router.features import FEATURE_NAMES
+
+        return feats[:, FEATURE_NAMES.index("choice_order")].astype(np.float32)
+
+    def _design(self, idx: np.ndarray, order: np.ndarray) -> np.ndarray:
+        s = self.train_scores[idx].astype(np.float64)  # neighbour's outcomes (n, m)
+        same = (order * self.train_order[idx])[:, None]  # +1 same order, −1 swapped, 0 not multiple choice
+        return np.hstack([same, s, s * same])
+
+    def fit(self, emb, feats, scores, costs):
+        self.train_emb = emb.astype(np.float16)
+        self.train_scores = scores.astype(np.float32)
+        self.train_order = self._order(feats)
+        idx, sim = _nearest(emb, self.train_emb.astype(np.float32), exclude_self=True)
+        near = sim >= self.threshold
+        self.coef = self.intercept = None
+        if near.sum() >= self.min_pairs:
+            x = self._design(idx[near], self.train_order[near])
+            fits = [fit_soft_logistic(x, scores[near, j], self.c) for j in range(scores.shape[1])]
+            self.coef = np.array([f[0] for f in fits])
+            self.intercept = np.array([f[1] for f in fits])
+        return self
+
+    def predict(self, emb, feats):
+        out = np.full((len(emb), self.train_scores.shape[1]), 0.5)
+        if self.coef is not None and len(emb):
+            idx, sim = _nearest(emb, self.train_emb.astype(np.float32))
+            near = sim >= self.threshold
+            if near.any():
+                x = self._design(idx[near], self._order(feats)[near])
+                out[near] = sigmoid(x @ self.coef.T + self.intercept)
+        return QualityPrediction(out, np.full(len(emb), -1))
+
+    def state(self):
+        arrays = {"train_emb": self.train_emb, "train_scores": self.train_scores.astype(np.float16),
+                  "train_order": self.train_order}
+        if self.coef is not None:
+            arrays.update(coef=self.coef, intercept=self.intercept)
+        return {"threshold": self.threshold, "c": self.c, "min_pairs": self.min_pairs}, arrays
+
+    @classmethod
+    def from_state(cls, params, arrays):
+        return cls(
+            threshold=params["threshold"],
+            c=params["c"],
+            min_pairs=params["min_pairs"],
+            train_emb=arrays["train_emb"],
+            train_scores=arrays["train_scores"].astype(np.float32),
+            train_order=arrays["train_order"],
+            coef=arrays.get("coef"),
+            intercept=arrays.get("intercept"),
+        )
+
+
 ESTIMATORS: dict[str, type[QualityModel]] = {
     cls.kind: cls
-    for cls in (KnnQuality, SimilarityWeightedQuality, ClusterQuality, ClassifierQuality, MatrixFactorizationQuality)
+    for cls in (KnnQuality, SimilarityWeightedQuality, ClusterQuality, ClassifierQuality, MatrixFactorizationQuality,
+                NearDuplicateQuality)
 }

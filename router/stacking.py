@@ -1,5 +1,5 @@
 """The Switchyard default quality model: a stack of kNN, cluster, similarity-weighted,
-classifier and matrix-factorisation estimators, combined per model by a logistic regression
+classifier, matrix-factorisation and near-duplicate estimators, combined per model by a logistic regression
 over their out-of-fold logits (so it learns which signal to trust for which model), which also
 calibrates the result into a success probability.
 
@@ -21,6 +21,7 @@ from router.quality import (
     ClusterQuality,
     KnnQuality,
     MatrixFactorizationQuality,
+    NearDuplicateQuality,
     QualityModel,
     QualityPrediction,
     SimilarityWeightedQuality,
@@ -43,6 +44,7 @@ def default_bases() -> list[QualityModel]:
         ClusterQuality(n_clusters=40, top_k=1, n_init=1),
         ClassifierQuality(c=0.5),
         MatrixFactorizationQuality(dim=32, epochs=150),
+        NearDuplicateQuality(),
     ]
 
 

@@ -131,6 +131,19 @@ def test_artifact_round_trip_keeps_version_and_decisions(tmp_path, split, defaul
     np.load(tmp_path / "r" / "arrays.npz", allow_pickle=False).files
 
 
+def test_artifact_fitted_on_other_text_features_is_refused(tmp_path, default_router):
+    import json
+
+    from router.artifact import ArtifactError
+
+    meta_path = save_router(default_router, tmp_path / "r") / "router.json"
+    meta = json.loads(meta_path.read_text())
+    meta["features"] = meta["features"][:-1]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="refit it"):
+        load_router(tmp_path / "r")
+
+
 def test_route_rejects_mismatched_inputs(default_router):
     with pytest.raises(ValueError):
         default_router.route(["a", "b"], np.zeros((1, 384), np.float32), [Knobs(), Knobs()])
