@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from contextlib import contextmanager
@@ -198,61 +197,32 @@ def route(
 # ----------------------------------------------------------------------------- bench routing
 
 
-def _fmt(v: float, pct: bool = True) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    return f"{v:.1f}" if pct else f"{v:.3f}"
-
-
-def _cell(m: dict, iv: dict | None, key: str) -> str:
-    pct = key != "apgr"
-    v = _fmt(m[key], pct)
-    if iv and key in iv and not math.isnan(iv[key][0]):
-        v += f" [{_fmt(iv[key][0], pct)}, {_fmt(iv[key][1], pct)}]"
-    return v
-
-
 def render_bench_table(result: dict) -> Table:
-    from router.metrics import METRIC_LABELS
+    from router.report import HEADERS, metric_rows, title
 
-    ref = result["reference"]
-    nb = result.get("n_bootstrap") or 0
-    table = Table(
-        title=f"{result['dataset']}: {result['n_eval_queries']} queries scored, {result['eval_source']}; "
-        f"best single = {ref['best_quality']:.3f} @ ${ref['best_cost']:.6f}"
-        + (f"; [95 % query-bootstrap interval, {nb} resamples]" if nb else "")
-    )
+    table = Table(title=title(result))
     table.add_column("router")
-    for label in METRIC_LABELS.values():
+    for label in HEADERS:
         table.add_column(label, justify="right")
-    intervals = result.get("intervals_95") or {}
-    for name, m in result["metrics"].items():
-        table.add_row(name, *[_cell(m, intervals.get(name), k) for k in METRIC_LABELS])
+    for row in metric_rows(result):
+        table.add_row(*row)
     return table
 
 
 def render_paired_table(result: dict) -> Table | None:
-    from router.metrics import METRIC_LABELS
+    from router.report import HEADERS, paired_rows
 
-    paired = result.get("paired_vs_baselines") or {}
-    if not paired:
+    rows = paired_rows(result)
+    if not rows:
         return None
     default = result.get("paired_default", "switchyard")
     table = Table(title=f"{result['dataset']}: {default} − baseline, paired 95 % interval "
                   f"(P = share of resamples where {default} is better; costs: lower is better)")
     table.add_column("vs")
-    for label in METRIC_LABELS.values():
+    for label in HEADERS:
         table.add_column(label, justify="right")
-    for base, m in paired.items():
-        cells = []
-        for k in METRIC_LABELS:
-            d = m.get(k)
-            if d is None or math.isnan(d["diff_95"][0]):
-                cells.append("—")
-                continue
-            pct = k != "apgr"
-            cells.append(f"[{_fmt(d['diff_95'][0], pct)}, {_fmt(d['diff_95'][1], pct)}] P={d['p_default_better']:.2f}")
-        table.add_row(base, *cells)
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
@@ -260,6 +230,7 @@ def render_paired_table(result: dict) -> Table | None:
 def bench_routing(
     data: str = typer.Option(..., "--data", help="Routing data file(s), comma-separated."),
     json_out: Path = typer.Option(..., "--json", help="Write curves and metrics here."),
+    markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="Also write the tables as Markdown here."),
     prices: Optional[Path] = typer.Option(None, "--prices", help="Prices file for rows without cost_usd."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
     sweep: int = typer.Option(21, "--sweep", min=2, help="Operating points per router."),
@@ -281,6 +252,7 @@ def bench_routing(
         from router.data import cv_folds, validation_split
         from router.evaluate import bench, bench_cv
         from router.learned import ROUTER_KINDS
+        from router.report import budget_line, markdown
 
         names = [r.strip() for r in routers.split(",") if r.strip()]
         bad = [r for r in names if r not in ROUTER_KINDS]
@@ -331,11 +303,12 @@ def bench_routing(
             if paired is not None:
                 wide.print(paired)
             if out["budget_check"]:
-                bc = ", ".join(f"${b['target_usd']:.6f}→{b['ratio']:.2f}×" for b in out["budget_check"])
-                fx = ", ".join(f"{b['ratio_fixed_lambda']:.2f}×" for b in out["budget_check"])
-                wide.print(f"budget calibration (realised / target mean cost), one batch: {bc}; "
-                           f"query by query (calibrated λ): {fx}")
+                wide.print(budget_line(out))
             wide.print(f"timings (s): {out['timings_s']}")
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(results, indent=1))
         console.print(f"wrote {json_out}")
+        if markdown_out is not None:
+            markdown_out.parent.mkdir(parents=True, exist_ok=True)
+            markdown_out.write_text(markdown(results))
+            console.print(f"wrote {markdown_out}")

@@ -110,12 +110,16 @@ def test_score_out_of_range_message_survives_markup(tmp_path):
 def test_bench_routing_cross_validates_with_intervals(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", rows(n=40))
     out = tmp_path / "b.json"
+    md = tmp_path / "b.md"
     r = run("bench", "routing", "--data", data, "--json", out, "--routers", "knn,cluster", "--folds", 3,
-            "--bootstrap", 50, "--sweep", 5, "--jobs", 1, "--embed-cache", tmp_path / "cache")
+            "--bootstrap", 50, "--sweep", 5, "--jobs", 1, "--embed-cache", tmp_path / "cache", "--markdown", md)
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())["toy"]
     assert res["n_folds"] == 3 and res["n_eval_queries"] == 40 and res["n_bootstrap"] == 50
     assert "knn" in res["intervals_95"] and "cross-validation" in res["eval_source"]
+    table = [line for line in md.read_text().splitlines() if line.startswith("| cluster |")]
+    auc = res["metrics"]["cluster"]["auc"]
+    assert len(table) == 1 and f"| {auc:.1f} [" in table[0]  # the Markdown carries the JSON's numbers
     r = run("bench", "routing", "--data", data, "--json", out, "--routers", "knn", "--folds", 1,
             "--bootstrap", 0, "--sweep", 5, "--embed-cache", tmp_path / "cache")
     assert r.exit_code == 0, r.output

@@ -1,0 +1,90 @@
+"""The bench's tables as rows of text: one source for the terminal table and the Markdown that
+goes into docs (so numbers in the docs are pasted from the run, not retyped)."""
+from __future__ import annotations
+
+import math
+
+from router.metrics import METRIC_LABELS
+
+HEADERS = list(METRIC_LABELS.values())
+
+
+def fmt(value: float | None, pct: bool = True) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.1f}" if pct else f"{value:.3f}"
+
+
+def _cell(metrics: dict, interval: dict | None, key: str) -> str:
+    pct = key != "apgr"
+    text = fmt(metrics[key], pct)
+    if interval and key in interval and not math.isnan(interval[key][0]):
+        text += f" [{fmt(interval[key][0], pct)}, {fmt(interval[key][1], pct)}]"
+    return text
+
+
+def title(result: dict) -> str:
+    ref = result["reference"]
+    n_boot = result.get("n_bootstrap") or 0
+    return (f"{result['dataset']}: {result['n_eval_queries']} queries scored, {result['eval_source']}; "
+            f"best single = {ref['best_quality']:.3f} @ ${ref['best_cost']:.6f}"
+            + (f"; [95 % query-bootstrap interval, {n_boot} resamples]" if n_boot else ""))
+
+
+def metric_rows(result: dict) -> list[list[str]]:
+    """One row per router and baseline: name, then every metric (with its interval, if any)."""
+    intervals = result.get("intervals_95") or {}
+    return [[name, *[_cell(m, intervals.get(name), k) for k in METRIC_LABELS]]
+            for name, m in result["metrics"].items()]
+
+
+def paired_rows(result: dict) -> list[list[str]]:
+    """One row per baseline: the default router minus that baseline, paired 95 % interval and the
+    share of resamples where the default is better."""
+    rows = []
+    for base, metrics in (result.get("paired_vs_baselines") or {}).items():
+        cells = [base]
+        for key in METRIC_LABELS:
+            d = metrics.get(key)
+            if d is None or math.isnan(d["diff_95"][0]):
+                cells.append("—")
+                continue
+            pct = key != "apgr"
+            cells.append(f"{fmt(d['diff_95'][0], pct)} … {fmt(d['diff_95'][1], pct)} (P {d['p_default_better']:.2f})")
+        rows.append(cells)
+    return rows
+
+
+def budget_line(result: dict) -> str:
+    checks = result.get("budget_check") or []
+    if not checks:
+        return ""
+    batch = ", ".join(f"${b['target_usd']:.6f} → {b['ratio']:.2f}×" for b in checks)
+    fixed = ", ".join(f"{b['ratio_fixed_lambda']:.2f}×" for b in checks)
+    return f"Budget (realised / target mean cost): one batch {batch}; query by query (calibrated λ) {fixed}."
+
+
+def _table(header: list[str], rows: list[list[str]], bold: str | None = None) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for row in rows:
+        cells = [f"**{row[0]}**" if row[0] == bold else row[0], *row[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict[str, dict]) -> str:
+    """Every dataset of a `bench routing` JSON as Markdown: title, metrics, paired differences, budget."""
+    parts = []
+    for result in results.values():
+        default = result.get("paired_default", "switchyard")
+        parts.append(f"#### {title(result)}\n")
+        parts.append(_table(["router", *HEADERS], metric_rows(result), bold=default) + "\n")
+        paired = paired_rows(result)
+        if paired:
+            parts.append(f"Paired difference {default} − baseline (95 % interval; P = share of resamples where "
+                         f"{default} is better; for costs, lower is better):\n")
+            parts.append(_table(["vs", *HEADERS], paired) + "\n")
+        line = budget_line(result)
+        if line:
+            parts.append(line + "\n")
+    return "\n".join(parts)
