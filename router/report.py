@@ -56,12 +56,27 @@ def paired_rows(result: dict) -> list[list[str]]:
 
 
 def budget_line(result: dict) -> str:
+    """Realised / target mean cost for each budget, per way of routing (fold range in brackets)."""
     checks = result.get("budget_check") or []
     if not checks:
         return ""
-    batch = ", ".join(f"${b['target_usd']:.6f} → {b['ratio']:.2f}×" for b in checks)
-    fixed = ", ".join(f"{b['ratio_fixed_lambda']:.2f}×" for b in checks)
-    return f"Budget (realised / target mean cost): one batch {batch}; query by query (calibrated λ) {fixed}."
+
+    def ratios(suffix: str) -> str:
+        cells = []
+        for b in checks:
+            cell = f"{b[f'ratio{suffix}']:.2f}×"
+            spread = b.get(f"fold_ratio{suffix}_range")
+            if spread:
+                cell += f" [{spread[0]:.2f}–{spread[1]:.2f}]"
+            cells.append(cell)
+        return ", ".join(cells)
+
+    targets = ", ".join(f"${b['target_usd']:.6f}" for b in checks)
+    line = (f"Budget (realised / target mean cost; targets {targets}): one batch {ratios('')}; "
+            f"query by query, calibrated λ {ratios('_fixed_lambda')}")
+    if "ratio_paced" in checks[0]:
+        line += f"; query by query, paced {ratios('_paced')}"
+    return line + "."
 
 
 def _table(header: list[str], rows: list[list[str]], bold: str | None = None) -> str:
