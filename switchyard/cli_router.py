@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -159,16 +160,22 @@ def route(
     queries: Path = typer.Option(..., "--queries", help="JSONL of {query_id, query_text}."),
     out: Path = typer.Option(..., "--out", help="Output JSONL of {query_id, point, knob, model}."),
     sweep: int = typer.Option(21, "--sweep", min=1, help="Operating points from cheapest (knob 0) to best (knob 1)."),
+    budget: Optional[str] = typer.Option(
+        None, "--budget", help="Instead of the sweep: target mean cost per query in USD, one point per value "
+        "(comma-separated); the file's queries share each budget (knob = the budget)."),
     allowed_models: Optional[str] = typer.Option(None, "--allowed-models", help="Comma-separated models to choose from."),
     embed_cache: Optional[Path] = typer.Option(None, "--embed-cache", help="Embedding cache directory."),
 ):
-    """Route every query at each operating point of the knob sweep."""
+    """Route every query at each operating point of the knob sweep, or at each --budget."""
     with clear_errors():
+
+        import numpy as np
 
         from router.artifact import load_router
         from router.base import Knobs
 
         router = load_router(router_dir)
+        budgets = _budgets(budget) if budget is not None else None
         allowed = None
         if allowed_models:
             allowed = tuple(m.strip() for m in allowed_models.split(",") if m.strip())
@@ -182,16 +189,36 @@ def route(
         pred = router.predict(texts, emb)
         mask = router.model_mask(Knobs(allowed_models=allowed)) if allowed else None
         out.parent.mkdir(parents=True, exist_ok=True)
+        if budgets is None:
+            points = [(round(alpha, 6), router.choose_setting(pred, setting, mask))
+                      for alpha, setting in router.sweep_settings(sweep)]
+        else:
+            points = [(b, router.choose(pred, Knobs(budget_usd=b, allowed_models=allowed))) for b in budgets]
+            rows = np.arange(len(ids))
+            for b, picks in points:
+                console.print(f"budget ${b:.6g}/query: predicted mean cost ${pred.cost[rows, picks].mean():.6g}")
         with open(out, "w") as fh:
-            for point, (alpha, setting) in enumerate(router.sweep_settings(sweep)):
-                picks = router.choose_setting(pred, setting, mask)
+            for point, (knob, picks) in enumerate(points):
                 for qid, j in zip(ids, picks):
-                    fh.write(json.dumps({"query_id": qid, "point": point, "knob": round(alpha, 6), "model": router.models[j]}) + "\n")
+                    fh.write(json.dumps({"query_id": qid, "point": point, "knob": knob, "model": router.models[j]}) + "\n")
         t2 = time.perf_counter()
         console.print(
-            f"routed {len(ids)} queries × {sweep} points with {router.name} (version {router.version}) → {out} "
+            f"routed {len(ids)} queries × {len(points)} points with {router.name} (version {router.version}) → {out} "
             f"(embed {t1 - t0:.1f}s, route {t2 - t1:.1f}s)"
         )
+
+
+def _budgets(spec: str) -> list[float]:
+    values = []
+    for part in (p.strip() for p in spec.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            raise InputError(f"--budget: {part!r} is not a number (USD per query)") from None
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"--budget: {part!r} must be a non-negative number of USD per query")
+        values.append(value)
+    return values
 
 
 # ----------------------------------------------------------------------------- bench routing

@@ -100,6 +100,23 @@ def test_fit_then_route_end_to_end(tmp_path):
     assert [l["model"] for l in lines if l["point"] == 0] == ["small-m"] * 3  # knob 0 = cheapest
 
 
+def test_route_at_budgets(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl.gz", rows(n=40))
+    cache = tmp_path / "cache"
+    r = run("router", "fit", "--data", data, "--out", tmp_path / "r", "--embed-cache", cache)
+    assert r.exit_code == 0, r.output
+    q = write_jsonl(tmp_path / "q.jsonl", [{"query_id": f"x{i}", "query_text": f"Sort these numbers {i}"} for i in range(4)])
+    r = run("router", "route", "--router", tmp_path / "r", "--queries", q, "--budget", "0,1000",
+            "--out", tmp_path / "o.jsonl", "--embed-cache", cache)
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(l) for l in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [(l["point"], l["knob"]) for l in lines] == [(0, 0.0)] * 4 + [(1, 1000.0)] * 4
+    assert {l["model"] for l in lines if l["point"] == 0} == {"small-m"}  # nothing costs $0: the cheapest
+    r = run("router", "route", "--router", tmp_path / "r", "--queries", q, "--budget", "-1",
+            "--out", tmp_path / "o.jsonl", "--embed-cache", cache)
+    assert r.exit_code == 2 and "non-negative" in r.output
+
+
 def test_score_out_of_range_message_survives_markup(tmp_path):
     bad = rows()
     bad[0]["score"] = 1.5
