@@ -13,6 +13,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from router.features import FEATURE_NAMES
+
 EPS = 1e-4
 
 
@@ -416,8 +418,6 @@ class NearDuplicateQuality(QualityModel):
 
     @staticmethod
     def _order(feats: np.ndarray) -> np.ndarray:
-        from router.features import FEATURE_NAMES
-
         return feats[:, FEATURE_NAMES.index("choice_order")].astype(np.float32)
 
     def _design(self, idx: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ def paired_rows(result: dict) -> list[list[str]]:
 
 
 def budget_line(result: dict) -> str:
-    """Realised / target mean cost for each budget, per way of routing (fold range in brackets)."""
+    """Realised / target mean cost for each budget, as one batch and query by query (fold range in brackets)."""
     checks = result.get("budget_check") or []
     if not checks:
         return ""
@@ -72,11 +72,8 @@ def budget_line(result: dict) -> str:
         return ", ".join(cells)
 
     targets = ", ".join(f"${b['target_usd']:.6f}" for b in checks)
-    line = (f"Budget (realised / target mean cost; targets {targets}): one batch {ratios('')}; "
-            f"query by query, calibrated λ {ratios('_fixed_lambda')}")
-    if "ratio_paced" in checks[0]:
-        line += f"; query by query, paced {ratios('_paced')}"
-    return line + "."
+    return (f"Budget (realised / target mean cost; targets {targets}): one batch {ratios('')}; "
+            f"query by query, calibrated λ {ratios('_fixed_lambda')}.")
 
 
 def _table(header: list[str], rows: list[list[str]], bold: str | None = None) -> str:

@@ -25,28 +25,25 @@ import numpy as np
 
 from router.data import build_table, cv_folds, load_rows
 from router.embeddings import embed
-from router.metrics import Reference, curve_metrics
+from router.evaluate import reference_of
+from router.metrics import curve_metrics
+from router.policy import lagrangian_choice
 from router.quality import NearDuplicateQuality, _nearest
 
 LAMBDAS = np.r_[0.0, np.logspace(-1, 7, 600)]
 
 
-def curve(predicted: np.ndarray, predicted_cost: np.ndarray, scores: np.ndarray, costs: np.ndarray, ref: Reference):
-    """Operating points (cost %, quality %) of the rule argmax predicted − λ·cost over λ."""
+def curve(predicted: np.ndarray, predicted_cost: np.ndarray, scores: np.ndarray, costs: np.ndarray):
+    """Operating points (mean cost, mean quality) of the rule argmax predicted − λ·cost over λ."""
     rows = np.arange(len(scores))
-    points = []
-    for lam in LAMBDAS:
-        pick = (predicted - lam * predicted_cost).argmax(axis=1)
-        points.append((costs[rows, pick].mean(), scores[rows, pick].mean()))
-    return points
+    picks = (lagrangian_choice(predicted, predicted_cost, lam) for lam in LAMBDAS)
+    return [(costs[rows, pick].mean(), scores[rows, pick].mean()) for pick in picks]
 
 
 def bounds(path: str, n_folds: int = 5, seed: int = 0) -> dict[str, dict[str, float]]:
     table = build_table(load_rows([path]))
     scores, costs = table.scores, table.costs
-    best = int(scores.mean(0).argmax())
-    cheap = int(costs.mean(0).argmin())
-    ref = Reference(scores[:, best].mean(), costs[:, best].mean(), scores[:, cheap].mean(), costs[:, cheap].mean())
+    ref, _, _ = reference_of(scores, costs)
 
     task = np.array([q.split(".")[0] for q in table.query_ids])
     task_quality, task_cost = np.zeros_like(scores), np.zeros_like(costs)
@@ -65,9 +62,9 @@ def bounds(path: str, n_folds: int = 5, seed: int = 0) -> dict[str, dict[str, fl
     with_copies[near] = scores[near]
 
     out = {
-        "task": curve_metrics(curve(task_quality, task_cost, scores, costs, ref), ref),
-        "task + near copies": curve_metrics(curve(with_copies, task_cost, scores, costs, ref), ref),
-        "oracle": curve_metrics(curve(scores, costs, scores, costs, ref), ref),
+        "task": curve_metrics(curve(task_quality, task_cost, scores, costs), ref),
+        "task + near copies": curve_metrics(curve(with_copies, task_cost, scores, costs), ref),
+        "oracle": curve_metrics(curve(scores, costs, scores, costs), ref),
     }
     out["queries_with_near_copy"] = {"count": int(near.sum()), "of": len(near)}
     return out
