@@ -31,7 +31,9 @@ demo: $(STAMP)
 demo-lean: $(STAMP)
 	$(BIN)/switchyard demo --all-tiers-small --engine inprocess
 
+# The layer contracts (pyproject's [tool.importlinter]) first: a back-up import fails fast.
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP)

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from infra.topics import TopicSpec, all_topics, topic_name
+from infra.topics import Topics, TopicSpec, all_topics
 
 
 class BrokerError(RuntimeError):
@@ -63,13 +63,14 @@ def start_broker(port: int | None = None, log_path: Path | None = None) -> tuple
 
 
 async def create_topics(bootstrap: str, prefix: str = "", specs: list[TopicSpec] | None = None) -> None:
+    topics = Topics(prefix)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         for spec in specs or all_topics():
             try:
                 await admin.create_topics([NewTopic(
-                    topic_name(spec.name, prefix), num_partitions=spec.partitions,
+                    topics.name(spec.name), num_partitions=spec.partitions,
                     replication_factor=1, topic_configs=spec.config,
                 )])
             except TopicAlreadyExistsError:

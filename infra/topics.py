@@ -1,4 +1,8 @@
-"""Every topic Switchyard uses: names, partitions and retention live here and nowhere else."""
+"""Every topic Switchyard uses: names, partitions and retention live here and nowhere else.
+
+A deployment may share a Kafka cluster with others under a prefix; `Topics(prefix)` is the
+only thing that applies it, to topic names and to consumer-group ids alike.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,6 +10,16 @@ from dataclasses import dataclass, field
 from schemas.common import TIERS, Tier
 
 WEEK_MS = 7 * 24 * 3600 * 1000
+
+QUERIES = "queries"
+DECISIONS = "decisions"
+RESULTS = "results"
+FEEDBACK = "feedback"
+DLQ = "dlq"
+
+
+def work_topic(tier: Tier) -> str:
+    return f"work.{tier}"
 
 
 @dataclass(frozen=True)
@@ -15,19 +29,8 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-QUERIES = "queries"
-DECISIONS = "decisions"
-RESULTS = "results"
-FEEDBACK = "feedback"
-DLQ = "dlq"
-ROUTER_MODELS = "router.models"
-
-
-def work_topic(tier: Tier) -> str:
-    return f"work.{tier}"
-
-
 def all_topics() -> list[TopicSpec]:
+    """Base names (without a prefix) of every topic, with partitions and retention."""
     retention = {"retention.ms": str(WEEK_MS)}
     return [
         TopicSpec(QUERIES, 4, retention),
@@ -36,11 +39,44 @@ def all_topics() -> list[TopicSpec]:
         TopicSpec(RESULTS, 4, retention),
         TopicSpec(FEEDBACK, 4, retention),
         TopicSpec(DLQ, 1, {"retention.ms": str(4 * WEEK_MS)}),
-        # Latest router artifact per key. Tansu accepts but does not compact: readers take the
-        # newest value per key themselves.
-        TopicSpec(ROUTER_MODELS, 1, {"cleanup.policy": "compact"}),
     ]
 
 
-def topic_name(name: str, prefix: str = "") -> str:
-    return f"{prefix}{name}"
+@dataclass(frozen=True)
+class Topics:
+    """The full names of every topic (and consumer group) under one prefix."""
+
+    prefix: str = ""
+
+    def name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    def base(self, full_name: str) -> str:
+        """The base name of a full topic name (what `name` was given)."""
+        return full_name.removeprefix(self.prefix)
+
+    def group(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    def work(self, tier: Tier) -> str:
+        return self.name(work_topic(tier))
+
+    @property
+    def queries(self) -> str:
+        return self.name(QUERIES)
+
+    @property
+    def decisions(self) -> str:
+        return self.name(DECISIONS)
+
+    @property
+    def results(self) -> str:
+        return self.name(RESULTS)
+
+    @property
+    def feedback(self) -> str:
+        return self.name(FEEDBACK)
+
+    @property
+    def dlq(self) -> str:
+        return self.name(DLQ)

@@ -123,8 +123,3 @@ def load_router(directory: str | Path) -> LearnedRouter:
 def load_default() -> LearnedRouter:
     """The shipped default router (fitted on all train rows of llmrouter_dcrouter)."""
     return load_router(DEFAULT_DIR)
-
-
-def load_routerbench() -> LearnedRouter:
-    """The shipped router fitted on all train rows of the RouterBench subset."""
-    return load_router(ROUTERBENCH_DIR)

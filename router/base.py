@@ -13,6 +13,10 @@ import numpy as np
 from schemas.common import TIERS, Tier  # noqa: F401  (re-exported for router code)
 
 
+class RoutingError(ValueError):
+    """A query the router cannot route as asked (its knobs cannot be honoured); the stream dead-letters only this."""
+
+
 @dataclass(frozen=True)
 class Knobs:
     """What a caller may say about one query's trade-off. All optional; None means router default.

@@ -96,7 +96,8 @@ class EmbeddingCache:
 _caches: dict[Path, EmbeddingCache] = {}
 
 
-def _cache_for(cache_dir: Path | str | None) -> EmbeddingCache:
+def cache_for(cache_dir: Path | str | None) -> EmbeddingCache:
+    """The one cache this process keeps for a directory (None: `default_cache_dir()`)."""
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if path not in _caches:
         _caches[path] = EmbeddingCache(path)
@@ -120,7 +121,7 @@ def embed(
     if not texts:
         return out
     keys = [content_key(t) for t in texts]
-    cache = _cache_for(cache_dir) if use_cache else None
+    cache = cache_for(cache_dir) if use_cache else None
     cached = cache.get(keys) if cache else [None] * len(texts)
     missing: dict[str, list[int]] = {}
     for i, (key, vec) in enumerate(zip(keys, cached)):

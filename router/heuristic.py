@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from router.base import TIERS, Knobs, RouteChoice
+from router.base import TIERS, Knobs, RouteChoice, RoutingError
 
 _MATH = re.compile(r"(\d+\s*[-+*/^=]\s*\d+|\bsolve\b|\bcalculate\b|\bhow many\b|\bhow much\b|\bprobability\b|\bequation\b|\$)", re.I)
 _CODE = re.compile(r"(```|\bdef \w+\(|\bfunction\b|\bpython\b|\bwrite a (program|function|script)\b|\bimplement\b|\breturn\b)", re.I)
@@ -43,6 +43,8 @@ class HeuristicRouter:
         clusters = np.argmax(embeddings @ self.directions.T, axis=1) if len(texts) else []
         choices = []
         for text, cluster, knob in zip(texts, clusters, knobs):
+            if knob.pinned_tier and knob.pinned_tier not in TIERS:
+                raise RoutingError(f"unknown tier {knob.pinned_tier!r}; use one of {', '.join(TIERS)}")
             score = difficulty(text)
             alpha = 0.5 if knob.alpha is None else knob.alpha
             # α=0.5 keeps the base thresholds; higher α lowers them (more large-tier traffic).

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from router.base import TIERS, Knobs, RouteChoice, Tier
+from router.base import TIERS, Knobs, RouteChoice, RoutingError, Tier
 from router.costs import CostModel
 from router.data import RoutingTable
 from router.features import text_features
@@ -35,7 +35,7 @@ DEFAULT_ALPHA = 0.5
 BATCH_BUDGET_MIN = 100
 
 
-class KnobError(ValueError):
+class KnobError(RoutingError):
     """Knobs the router cannot honour (e.g. an allowed-model list with no model it knows)."""
 
 

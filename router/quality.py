@@ -381,7 +381,7 @@ class MatrixFactorizationQuality(QualityModel):
 # --------------------------------------------------------------------------- near duplicates
 
 
-def _nearest(emb: np.ndarray, train: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbour(emb: np.ndarray, train: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Index and cosine similarity of each query's nearest training query."""
     idx = np.zeros(len(emb), dtype=np.int64)
     sim = np.zeros(len(emb), dtype=np.float32)
@@ -429,7 +429,7 @@ class NearDuplicateQuality(QualityModel):
         self.train_emb = emb.astype(np.float16)
         self.train_scores = scores.astype(np.float32)
         self.train_order = self._order(feats)
-        idx, sim = _nearest(emb, self.train_emb.astype(np.float32), exclude_self=True)
+        idx, sim = nearest_neighbour(emb, self.train_emb.astype(np.float32), exclude_self=True)
         near = sim >= self.threshold
         self.coef = self.intercept = None
         if near.sum() >= self.min_pairs:
@@ -442,7 +442,7 @@ class NearDuplicateQuality(QualityModel):
     def predict(self, emb, feats):
         out = np.full((len(emb), self.train_scores.shape[1]), 0.5)
         if self.coef is not None and len(emb):
-            idx, sim = _nearest(emb, self.train_emb.astype(np.float32))
+            idx, sim = nearest_neighbour(emb, self.train_emb.astype(np.float32))
             near = sim >= self.threshold
             if near.any():
                 x = self._design(idx[near], self._order(feats)[near])

@@ -42,7 +42,7 @@ def _m(name: str, tier: Tier, price_in: float, price_out: float) -> ModelInfo:
     return ModelInfo(name, tier, price_in, price_out)
 
 
-REGISTRY: dict[str, ModelInfo] = {
+KNOWN_MODELS: dict[str, ModelInfo] = {
     m.name: m
     for m in [
         # RouterBench subset
@@ -106,7 +106,7 @@ def load_prices(path: str | Path) -> dict[str, ModelInfo]:
                 f"prices file {path}: model {name!r} needs numeric input_price_usd_per_mtok "
                 "and output_price_usd_per_mtok"
             ) from None
-        known = REGISTRY.get(name)
+        known = KNOWN_MODELS.get(name)
         tier = _tier_from_size(rec.get("size")) or (known.tier if known else "medium")
         out[name] = ModelInfo(name, tier, price_in, price_out)
     return out
@@ -117,8 +117,8 @@ def assign_tiers(models: list[str], mean_costs: Mapping[str, float]) -> dict[str
     ranked = sorted(models, key=lambda m: mean_costs.get(m, 0.0))
     tiers: dict[str, Tier] = {}
     for rank, model in enumerate(ranked):
-        if model in REGISTRY:
-            tiers[model] = REGISTRY[model].tier
+        if model in KNOWN_MODELS:
+            tiers[model] = KNOWN_MODELS[model].tier
         else:
             tiers[model] = TIERS[min(2, rank * 3 // max(1, len(ranked)))]
     return tiers

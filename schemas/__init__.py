@@ -1,5 +1,5 @@
 """Every message Switchyard reads or writes is defined here, and only here."""
-from schemas.common import SCHEMA_VERSION, TIERS, Tier, decode, encode, request_id_for
+from schemas.common import SCHEMA_VERSION, TIERS, Tier, encode, request_id_for
 from schemas.messages import (
     BatchRequestLine,
     ChatCompletionBody,
@@ -15,7 +15,7 @@ from schemas.messages import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION", "TIERS", "Tier", "decode", "encode", "request_id_for",
+    "SCHEMA_VERSION", "TIERS", "Tier", "encode", "request_id_for",
     "BatchRequestLine", "ChatCompletionBody", "ChatMessage", "DeadLetter", "Feedback",
     "QueryRequest", "Result", "RoutingDecision", "RoutingPolicy", "Usage", "WorkItem",
 ]

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Literal, TypeVar
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -15,9 +15,6 @@ TIERS: tuple[Tier, ...] = ("small", "medium", "large")
 HEADER_JOB_ID = "switchyard-job-id"
 HEADER_TENANT = "switchyard-tenant"
 
-M = TypeVar("M", bound=BaseModel)
-
-
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -29,7 +26,3 @@ def request_id_for(job_id: str, custom_id: str) -> str:
 
 def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(exclude_none=False).encode()
-
-
-def decode(cls: type[M], raw: bytes | str) -> M:
-    return cls.model_validate_json(raw)

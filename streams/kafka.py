@@ -1,31 +1,21 @@
-"""aiokafka plumbing shared by the plain-consumer stages (tier workers, sink).
-
-Each stage is: fetch a batch → handle it (produce downstream or write to ClickHouse) →
-commit the batch's offsets. A crash between the effect and the commit replays the batch, which
-is safe because every effect is idempotent by request id.
-"""
+"""aiokafka clients shared by the plain-consumer stages (tier workers, sink) and the CLI.
+The fetch → effect → commit loop is `streams.runtime`."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable, Iterable
+from typing import AsyncIterator, Callable, Iterable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.records import Output, RawRecord
-from switchyard.settings import KafkaSettings
-
-log = logging.getLogger(__name__)
-
-BatchHandler = Callable[[list[RawRecord]], Awaitable[None]]
+from streams.config import KafkaSettings
+from streams.records import Output
 
 
-def make_consumer(kafka: KafkaSettings, group_id: str, *topics: str) -> AIOKafkaConsumer:
+def make_consumer(kafka: KafkaSettings, group: str, *topics: str) -> AIOKafkaConsumer:
+    """A consumer in the (prefixed) group `group` over full topic names (`kafka.topics`)."""
     return AIOKafkaConsumer(
-        *(f"{kafka.topic_prefix}{t}" for t in topics),
-        bootstrap_servers=kafka.bootstrap, group_id=f"{kafka.topic_prefix}{group_id}",
+        *topics, bootstrap_servers=kafka.bootstrap, group_id=kafka.topics.group(group),
         enable_auto_commit=False, auto_offset_reset="earliest",
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
@@ -61,19 +51,3 @@ async def producing(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
     finally:
         await producer.stop()
 
-
-async def consume_in_batches(consumer: AIOKafkaConsumer, handle: BatchHandler, *,
-                             max_records: int, timeout_ms: int, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        records = [RawRecord.from_kafka(m) for msgs in batches.values() for m in msgs]
-        if not records:
-            continue
-        await handle(records)
-        offsets = {TopicPartition(tp.topic, tp.partition): msgs[-1].offset + 1
-                   for tp, msgs in batches.items()}
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # Partitions moved during the batch; their new owner replays it (idempotently).
-            log.warning("commit skipped after rebalance: %s", exc)

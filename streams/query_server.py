@@ -9,7 +9,11 @@ import uuid
 
 from aiohttp import web
 
-from switchyard.warehouse import is_read_only
+
+
+def is_read_only(sql: str) -> bool:
+    head = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
+    return head in {"SELECT", "WITH", "SHOW", "DESCRIBE", "EXISTS"}
 
 
 def _jsonable(value):

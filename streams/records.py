@@ -35,6 +35,7 @@ class Output:
     key: bytes | None
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
+    dead_letter: bool = False  # this output dead-letters an input the stage found invalid
 
 
 def letter_for(stage: str, reason: str, record: RawRecord, job_id: str | None = None) -> DeadLetter:
@@ -45,4 +46,4 @@ def letter_for(stage: str, reason: str, record: RawRecord, job_id: str | None = 
 
 
 def dead_letter(stage: str, reason: str, record: RawRecord, dlq_topic: str, job_id: str | None = None) -> Output:
-    return Output(dlq_topic, record.key, encode(letter_for(stage, reason, record, job_id)))
+    return Output(dlq_topic, record.key, encode(letter_for(stage, reason, record, job_id)), dead_letter=True)

@@ -1,91 +1,69 @@
-"""The router stream: a faust agent over `queries` that routes micro-batches.
+"""The router stream: a faust agent over `queries` that drives the router stage's processor.
 
 Offsets are committed by faust only after the batch's events are acked (after this agent has
 sent its outputs) and after the producer is flushed, so delivery is at-least-once; downstream
-effects are idempotent by request id.
+effects are idempotent by request id. The composition root builds the processor and passes it in.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
+from typing import Callable
 
 import faust
 
-from infra.topics import QUERIES
-from router.embeddings import embed, load_encoder
-from streams.records import RawRecord
-from streams.routing import RouterProcessor
-from switchyard.settings import Settings
-from switchyard.stack import mark_ready
+from streams.config import DlqLimitSettings, KafkaSettings
+from streams.records import Output, RawRecord
+from streams.routing import STAGE, RouterProcessor
+from streams.runtime import DlqLimit, Stage, process_batch
 
 log = logging.getLogger(__name__)
 
 
-def load_router(settings: Settings):
-    """The configured artifact, else the shipped default artifact, else the heuristic."""
-    from router.artifact import ArtifactError, load_default, load_router as load_dir
-
-    if settings.router.artifact_dir is not None:
-        return load_dir(settings.router.artifact_dir)  # configured: a broken one must fail loudly
-    try:
-        return load_default()
-    except (ArtifactError, FileNotFoundError) as exc:
-        log.warning("no usable shipped router artifact (%s); using the heuristic router", exc)
-    from router.heuristic import HeuristicRouter
-
-    return HeuristicRouter()
-
-
-def served_models(settings: Settings) -> dict[str, str]:
-    models = settings.workers.models
-    if settings.workers.all_tiers_small:
-        return {tier: models["small"].name for tier in models}
-    return {tier: m.name for tier, m in models.items()}
-
-
-def build_app(settings: Settings) -> faust.App:
+def build_app(kafka: KafkaSettings, processor: RouterProcessor, *, batch_size: int,
+              max_wait_seconds: float, data_dir: Path, dlq_limit: DlqLimitSettings | None = None,
+              on_ready: Callable[[], None] | None = None) -> faust.App:
+    topics = kafka.topics
     app = faust.App(
-        f"{settings.kafka.topic_prefix}switchyard-router",
-        broker=f"kafka://{settings.kafka.bootstrap}",
+        topics.group("switchyard-router"),
+        broker=f"kafka://{kafka.bootstrap}",
         store="memory://",
         web_enabled=False,
-        broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
-        broker_heartbeat_interval=settings.kafka.heartbeat_interval_ms / 1000,
+        broker_session_timeout=kafka.session_timeout_ms / 1000,
+        broker_heartbeat_interval=kafka.heartbeat_interval_ms / 1000,
         topic_partitions=4,
         producer_acks=-1,
-        datadir=str(settings.data_dir / "faust"),
+        datadir=str(data_dir / "faust"),
     )
-    queries = app.topic(f"{settings.kafka.topic_prefix}{QUERIES}", key_serializer="raw",
-                        value_serializer="raw")
-    router = load_router(settings)
-    encoder = load_encoder()
-    processor = RouterProcessor(
-        router, lambda texts: embed(texts, encoder=encoder, batch_size=settings.router.embed_batch_size,
-                                    use_cache=False),
-        served_models(settings), settings.kafka.topic_prefix,
-    )
-    log.info("router stream using router %s", router.version)
+    queries = app.topic(topics.queries, key_serializer="raw", value_serializer="raw")
+    limit = DlqLimit(dlq_limit or DlqLimitSettings(), STAGE)
+
+    async def send(outputs: list[Output]) -> None:
+        for out in outputs:
+            await app.send(out.topic, key=out.key, value=out.value,
+                           key_serializer="raw", value_serializer="raw")
+
+    # Embedding is CPU work: the processor runs in a thread, keeping the loop free for
+    # heartbeats and fetches.
+    stage = Stage(STAGE, lambda records: asyncio.to_thread(processor.process, records), send,
+                  lambda out: out.dead_letter)
 
     @app.task
     async def announce_ready() -> None:
-        mark_ready(settings, "router", router.version)
+        if on_ready:
+            on_ready()
 
     @app.agent(queries)
     async def route(stream):
-        async for events in stream.take_events(settings.router.embed_batch_size,
-                                               within=settings.router.embed_max_wait_seconds):
-            records = [RawRecord.from_kafka(e.message) for e in events]
-            # Embedding is CPU work; keep the event loop free for heartbeats and fetches.
-            outputs = await asyncio.to_thread(processor.process, records)
-            for out in outputs:
-                await app.send(out.topic, key=out.key, value=out.value,
-                               key_serializer="raw", value_serializer="raw")
+        async for events in stream.take_events(batch_size, within=max_wait_seconds):
+            await process_batch(stage, [RawRecord.from_kafka(e.message) for e in events], limit)
 
     return app
 
 
-def run(settings: Settings) -> None:
-    app = build_app(settings)
+def run(app: faust.App) -> None:
+    """Run the app in the foreground until SIGTERM/SIGINT (faust's worker handles both)."""
     app.finalize()
     worker = faust.Worker(app, loglevel="INFO", quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -10,8 +10,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from infra.topics import DECISIONS, DLQ, work_topic
-from router.base import Knobs, Router
+from infra.topics import Topics
+from router.base import Knobs, Router, RoutingError
 from schemas import QueryRequest, RoutingDecision, WorkItem, encode
 from schemas.common import utcnow
 from schemas.validation import InvalidMessage, parse_query
@@ -34,14 +34,11 @@ def knobs_for(request: QueryRequest) -> Knobs:
 
 class RouterProcessor:
     def __init__(self, router: Router, embed: EmbedFn, served_models: dict[str, str],
-                 topic_prefix: str = ""):
+                 topics: Topics = Topics()):
         self.router = router
         self.embed = embed
-        self.served_models = served_models  # tier -> local model name
-        self.prefix = topic_prefix
-
-    def _topic(self, name: str) -> str:
-        return f"{self.prefix}{name}"
+        self.served_models = served_models  # tier -> the model that serves it
+        self.topics = topics
 
     def process(self, records: Sequence[RawRecord]) -> list[Output]:
         outputs: list[Output] = []
@@ -50,7 +47,7 @@ class RouterProcessor:
             try:
                 valid.append((record, parse_query(record.value, record.headers)))
             except InvalidMessage as exc:
-                outputs.append(dead_letter(STAGE, exc.reason, record, self._topic(DLQ), exc.job_id))
+                outputs.append(dead_letter(STAGE, exc.reason, record, self.topics.dlq, exc.job_id))
         if not valid:
             return outputs
         texts = [req.body.last_user_text() for _, req in valid]
@@ -58,16 +55,17 @@ class RouterProcessor:
         knobs = [knobs_for(req) for _, req in valid]
         try:
             choices = self.router.route(texts, embeddings, knobs)
-        except ValueError:
+        except RoutingError:
             # One request's knobs can't be honoured (e.g. an allowed-model list naming no model
-            # the router knows): route one by one so only that request is dead-lettered.
+            # the router knows): route one by one so only that request is dead-lettered. Any
+            # other exception is a bug: it crashes the stage and the supervisor restarts it.
             choices = []
             for i, (record, req) in enumerate(valid):
                 try:
                     choices.append(self.router.route([texts[i]], embeddings[i : i + 1], [knobs[i]])[0])
-                except ValueError as exc:
+                except RoutingError as exc:
                     choices.append(None)
-                    outputs.append(dead_letter(STAGE, f"cannot route: {exc}", record, self._topic(DLQ),
+                    outputs.append(dead_letter(STAGE, f"cannot route: {exc}", record, self.topics.dlq,
                                                req.job_id))
         decided_at = utcnow()
         for (record, req), choice in zip(valid, choices):
@@ -89,6 +87,6 @@ class RouterProcessor:
                 submitted_at=req.submitted_at, decided_at=decided_at,
             )
             # Work first: a decision without work would claim routing that never happened.
-            outputs.append(Output(self._topic(work_topic(choice.tier)), key, encode(work)))
-            outputs.append(Output(self._topic(DECISIONS), key, encode(decision)))
+            outputs.append(Output(self.topics.work(choice.tier), key, encode(work)))
+            outputs.append(Output(self.topics.decisions, key, encode(decision)))
         return outputs

@@ -8,19 +8,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from infra.clickhouse import apply_schema, connect
-from infra.topics import DECISIONS, DLQ, FEEDBACK, QUERIES, RESULTS
+from infra.topics import DECISIONS, DLQ, FEEDBACK, QUERIES, RESULTS, Topics
 from schemas import DeadLetter, Feedback, Result, RoutingDecision
 from schemas.validation import InvalidMessage, parse_message, parse_query
-from streams.kafka import consume_in_batches, make_consumer
+from streams.config import DlqLimitSettings, KafkaSettings
+from streams.kafka import make_consumer
 from streams.query_server import start_query_server
 from streams.records import RawRecord, letter_for
-from switchyard.settings import Settings
+from streams.runtime import DlqLimit, Stage, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,11 @@ class Row:
     table: str
     values: dict[str, Any]
     origin: RawRecord | None = None  # the Kafka record the row came from
+    dead_letter: bool = False  # the sink found its record invalid (not a stored dlq message)
 
 
 def _dead_letter_row(record: RawRecord, reason: str, job_id: str | None = None) -> Row:
-    return _dead_letter_values(letter_for(STAGE, reason, record, job_id))
+    return replace(_dead_letter_values(letter_for(STAGE, reason, record, job_id)), dead_letter=True)
 
 
 def _dead_letter_values(d: DeadLetter) -> Row:
@@ -88,8 +89,8 @@ _PARSERS = {
 }
 
 
-def to_rows(record: RawRecord, prefix: str = "") -> Row | None:
-    topic = record.topic.removeprefix(prefix)
+def to_rows(record: RawRecord, topics: Topics = Topics()) -> Row | None:
+    topic = topics.base(record.topic)
     if topic == QUERIES:
         row = _request_row(record)
     else:
@@ -140,37 +141,32 @@ class ClickHouseWriter:
 SINK_TOPICS = (QUERIES, DECISIONS, RESULTS, FEEDBACK, DLQ)
 
 
-async def run_sink(settings: Settings, stop: asyncio.Event | None = None,
-                   on_ready: Callable[[], None] | None = None) -> None:
-    if stop is None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    client = connect(settings.clickhouse_dsn)
+async def run_sink(kafka: KafkaSettings, clickhouse_dsn: str, *, batch_size: int, flush_seconds: float,
+                   query_port: int = 0, dlq_limit: DlqLimitSettings | None = None,
+                   stop: asyncio.Event | None = None, on_ready: Callable[[], None] | None = None) -> None:
+    """Store every topic's messages in ClickHouse until SIGTERM/SIGINT (or `stop`). With a
+    `query_port`, also serve read-only queries on loopback (one process owns a chDB directory)."""
+    client = connect(clickhouse_dsn)
     apply_schema(client)
     writer = ClickHouseWriter(client)
     lock = asyncio.Lock()
-    runner = None
-    if settings.query_port:
-        runner = await start_query_server(client, settings.query_port, lock)
-    consumer = make_consumer(settings.kafka, "switchyard-sink", *SINK_TOPICS)
-    await consumer.start()
-    if on_ready:
-        on_ready()
-    prefix = settings.kafka.topic_prefix
+    runner = await start_query_server(client, query_port, lock) if query_port else None
+    topics = kafka.topics
 
-    async def handle(records: list[RawRecord]) -> None:
-        rows = [row for r in records if (row := to_rows(r, prefix)) is not None]
+    async def write(rows: list[Row]) -> None:
         if rows:
             async with lock:
                 await asyncio.to_thread(writer.write, rows)
 
+    stage = Stage(STAGE, lambda records: [row for r in records if (row := to_rows(r, topics)) is not None],
+                  write, lambda row: row.dead_letter)
+    consumer = make_consumer(kafka, "switchyard-sink", *map(topics.name, SINK_TOPICS))
+    await consumer.start()
     try:
-        await consume_in_batches(consumer, handle, max_records=settings.clickhouse.sink_batch_size,
-                                 timeout_ms=int(settings.clickhouse.sink_flush_seconds * 1000),
-                                 stop=stop)
+        await run_stage(stage, consumer, max_records=batch_size, timeout_ms=int(flush_seconds * 1000),
+                        limit=DlqLimit(dlq_limit or DlqLimitSettings(), STAGE), stop=stop,
+                        on_ready=on_ready)
     finally:
-        await consumer.stop()
         if runner is not None:
             await runner.cleanup()
         client.close()

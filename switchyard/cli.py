@@ -4,36 +4,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import time
 from importlib.resources import files
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.markup import escape
 from rich.table import Table
 
 from schemas.common import TIERS
+from switchyard.cli_router import bench_app, router_app
+from switchyard.console import console, fail, kafka_for_cli, out, outcomes_table, submit_job
 from switchyard.settings import Settings, get_settings
 
 app = typer.Typer(help="Switchyard: route batch LLM requests to the cheapest model that answers well.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 stage_app = typer.Typer(help="Run one stage of the stack (used by `switchyard up`).", hidden=True)
 app.add_typer(stage_app, name="stage")
-console = Console(stderr=True)
-out = Console()
-
-try:  # the router brain's commands live beside the router (router fit/route, bench routing)
-    from switchyard.cli_router import bench_app, router_app
-
-    app.add_typer(router_app, name="router")
-    app.add_typer(bench_app, name="bench")
-except ImportError:  # pragma: no cover
-    bench_app = typer.Typer(help="Benchmarks.")
-    app.add_typer(bench_app, name="bench")
+app.add_typer(router_app, name="router")
+app.add_typer(bench_app, name="bench")
 
 
 @bench_app.command("pipeline")
@@ -56,25 +45,6 @@ def _settings(all_tiers_small: bool | None = None, engine: str | None = None) ->
     if engine is not None:
         settings.workers.engine = engine  # type: ignore[assignment]
     return settings
-
-
-def _kafka_settings(settings: Settings):
-    """An explicit SWITCHYARD_KAFKA__BOOTSTRAP wins; otherwise the running local stack's broker."""
-    from switchyard.stack import StackInfo, info_path
-
-    if "SWITCHYARD_KAFKA__BOOTSTRAP" not in os.environ:
-        info = StackInfo.load(info_path(settings))
-        if info is None:
-            console.print("[red]No running stack found.[/] Start one with `switchyard up` "
-                          "or set SWITCHYARD_KAFKA__BOOTSTRAP.")
-            raise typer.Exit(2)
-        settings.kafka.bootstrap = info.bootstrap
-    return settings.kafka
-
-
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 # --- up ------------------------------------------------------------------------------------
@@ -124,34 +94,6 @@ def init() -> None:
 # --- submit / status / results ---------------------------------------------------------------
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console)
-
-
-def submit_job(settings: Settings, file: Path, job_id: str | None, tenant: str, wait: bool,
-               timeout: float):
-    from switchyard.jobs import JobFile, JobFileError, prepare, publish, wait_for
-
-    try:
-        job = JobFile.read(file)
-    except JobFileError as exc:
-        _fail(str(exc))
-    job_id = job_id or job.default_job_id()
-    sub, messages = prepare(job, job_id, tenant)
-    for number, reason in sub.invalid:
-        console.print(f"[yellow]line {number}:[/] {reason} (sent; it will be dead-lettered)")
-    kafka = _kafka_settings(settings)
-    with _progress() as bar:
-        task = bar.add_task(f"publishing {job_id}", total=len(messages))
-        asyncio.run(publish(kafka, sub, messages, lambda n: bar.advance(task, n)))
-        outcome = None
-        if wait:
-            task = bar.add_task("answered", total=len(sub.expected))
-            outcome = asyncio.run(wait_for(kafka, sub, timeout, lambda n: bar.advance(task, n)))
-    return sub, outcome
-
-
 @app.command()
 def submit(
     file: Path = typer.Argument(..., help="OpenAI Batch style JSONL, one request per line."),
@@ -166,7 +108,7 @@ def submit(
     from switchyard.jobs import write_batch_output
 
     settings = _settings()
-    sub, outcome = submit_job(settings, file, job_id, tenant, wait, timeout)
+    sub, outcome = submit_job(kafka_for_cli(settings), file, job_id, tenant, wait, timeout)
     summary = {"job_id": sub.job_id, "sent": sub.sent, "valid": len(sub.expected),
                "invalid": len(sub.invalid)}
     if outcome is not None:
@@ -220,7 +162,7 @@ def results(job_id: str, out_file: Optional[Path] = typer.Option(None, "--out"),
         console.print(f"[yellow]dead letter[/] ({letter['stage']}, {letter['topic']}@{letter['offset']}): "
                       f"{escape(letter['reason'])}", highlight=False)
     if not rows:
-        _fail(f"no results for job {job_id}", code=1)
+        fail(f"no results for job {job_id}", code=1)
     if out_file or as_json:
         lines = [json.dumps({k: v for k, v in r.items() if k != "response"}, default=str) for r in rows]
         if out_file:
@@ -250,8 +192,8 @@ def grade(job_id: str,
     try:
         refs = read_references(references)
     except (OSError, ValueError) as exc:
-        _fail(str(exc))
-    kafka = _kafka_settings(settings)
+        fail(str(exc))
+    kafka = kafka_for_cli(settings)
     outcome = asyncio.run(wait_for(kafka, Submission(job_id=job_id, tenant="", expected=set(refs)), timeout))
     feedback = auto_grade(outcome.results.values(), refs)
     asyncio.run(publish_feedback(kafka, feedback))
@@ -272,7 +214,7 @@ def report(job_id: Optional[str] = typer.Option(None, "--job", help="One job; de
     from switchyard.warehouse import OUTCOMES_BY, Warehouse, outcomes_sql
 
     if by not in OUTCOMES_BY:
-        _fail(f"--by must be one of {', '.join(OUTCOMES_BY)}")
+        fail(f"--by must be one of {', '.join(OUTCOMES_BY)}")
     wh = Warehouse.open(_settings())
     try:
         rows = wh.rows(outcomes_sql(by, job_id is not None), {"job": job_id} if job_id else {})
@@ -282,15 +224,6 @@ def report(job_id: Optional[str] = typer.Option(None, "--job", help="One job; de
         out.print_json(json.dumps(rows, default=str))
         return
     out.print(outcomes_table(rows, by))
-
-
-def outcomes_table(rows: list[dict], by: str) -> Table:
-    table = Table(by, "requests", "errors", "graded", "quality", "cost USD", "p50 ms", "p95 ms")
-    for r in rows:
-        quality = "-" if r["quality"] is None else f"{r['quality']:.2f}"
-        table.add_row(str(r[by]), str(r["requests"]), str(r["errors"]), str(r["graded"]), quality,
-                      f"{r['cost_usd']:.6f}", f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}")
-    return table
 
 
 # --- demo --------------------------------------------------------------------------------------
@@ -320,57 +253,43 @@ def _stage_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-@stage_app.command("router")
-def stage_router() -> None:
-    from streams.router_app import run
+def _run_stage(name: str, run) -> None:
+    from switchyard.stack import mark_ready
 
     _stage_logging()
-    run(get_settings())
+    settings = get_settings()
+    run(settings, lambda content: mark_ready(settings, name, content))
+
+
+@stage_app.command("router")
+def stage_router() -> None:
+    from switchyard.stages import run_router
+
+    _run_stage("router", run_router)
 
 
 @stage_app.command("sink")
 def stage_sink() -> None:
-    from streams.sink import run_sink
-    from switchyard.stack import mark_ready
+    from switchyard.stages import run_sink
 
-    _stage_logging()
-    settings = get_settings()
-    asyncio.run(run_sink(settings, on_ready=lambda: mark_ready(settings, "sink")))
+    _run_stage("sink", run_sink)
 
 
 @stage_app.command("worker")
 def stage_worker(tier: str = typer.Option(..., help="small | medium | large")) -> None:
-    from switchyard.stack import mark_ready
-    from workers.tier_worker import run_tier_worker
+    from switchyard.stages import run_worker
 
     if tier not in TIERS:
-        _fail(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}")
-    _stage_logging()
-    settings = get_settings()
-    asyncio.run(run_tier_worker(tier, settings, on_ready=lambda: mark_ready(settings, f"worker-{tier}")))  # type: ignore[arg-type]
+        fail(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}")
+    _run_stage(f"worker-{tier}", lambda settings, ready: run_worker(tier, settings, ready))  # type: ignore[arg-type]
 
 
 @stage_app.command("serve")
 def stage_serve() -> None:
     """Start Ray Serve with one deployment per tier and keep it up until SIGTERM."""
-    import signal
+    from switchyard.stages import run_serve
 
-    from switchyard.stack import mark_ready
-    from workers.serve import start_serve, stop_serve
-
-    _stage_logging()
-    settings = get_settings()
-    cluster = start_serve(settings, TIERS)
-    mark_ready(settings, "serve", cluster.gcs_address)
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    try:
-        while not stopping:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop_serve(settings)
+    _run_stage("serve", run_serve)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,12 @@ class InputError(Exception):
 def clear_errors():
     """Bad input → one readable line on stderr and exit code 2, never a traceback."""
     from router.artifact import ArtifactError
+    from router.base import RoutingError
     from router.data import RoutingDataError
-    from router.learned import KnobError
 
     try:
         yield
-    except (InputError, RoutingDataError, ArtifactError, KnobError) as exc:
+    except (InputError, RoutingDataError, ArtifactError, RoutingError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2)
 
@@ -62,9 +62,9 @@ def _prices(path: Optional[Path]):
 
 
 def _embed_with_progress(texts: list[str], label: str, cache_dir: Optional[Path]):
-    from router.embeddings import content_key, embed, _cache_for
+    from router.embeddings import cache_for, content_key, embed
 
-    cache = _cache_for(cache_dir)
+    cache = cache_for(cache_dir)
     todo = len({k for k, v in zip(map(content_key, texts), cache.get([content_key(t) for t in texts])) if v is None})
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -113,7 +113,7 @@ def fit(
         emb = _embed_with_progress(table.texts, f"{len(table)} queries", embed_cache)
         t1 = time.perf_counter()
         with console.status(f"fitting {kind} router on {len(table)} queries × {len(table.models)} models"):
-            from router.evaluate import single_threaded
+            from router.bench.threads import single_threaded
 
             with single_threaded():  # one BLAS / torch thread: faster on 2 cores, and reproducible
                 router = fit_router(kind, table, emb)
@@ -176,7 +176,7 @@ def route(
         router = load_router(router_dir)
         budgets = _budgets(budget) if budget is not None else None
         for b in budgets or ():
-            router.setting(budget_usd=b)  # KnobError (exit 2) before the embedding work
+            router.setting(budget_usd=b)  # RoutingError (exit 2) before the embedding work
         allowed = None
         if allowed_models:
             allowed = tuple(m.strip() for m in allowed_models.split(",") if m.strip())
@@ -220,7 +220,7 @@ def _budgets(spec: str) -> list[float]:
 
 
 def render_bench_table(result: dict) -> Table:
-    from router.report import HEADERS, metric_rows, title
+    from router.bench.report import HEADERS, metric_rows, title
 
     table = Table(title=title(result))
     table.add_column("router")
@@ -232,7 +232,7 @@ def render_bench_table(result: dict) -> Table:
 
 
 def render_paired_table(result: dict) -> Table | None:
-    from router.report import HEADERS, paired_rows
+    from router.bench.report import HEADERS, paired_rows
 
     rows = paired_rows(result)
     if not rows:
@@ -271,10 +271,10 @@ def bench_routing(
     with clear_errors():
         import numpy as np
 
-        from router.data import cv_folds, validation_split
-        from router.evaluate import bench, bench_cv
+        from router.bench.evaluate import bench, bench_cv
+        from router.bench.report import budget_line, markdown
+        from router.bench.splits import cv_folds, validation_split
         from router.learned import ROUTER_KINDS
-        from router.report import budget_line, markdown
 
         names = [r.strip() for r in routers.split(",") if r.strip()]
         bad = [r for r in names if r not in ROUTER_KINDS]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from switchyard.console import outcomes_table, submit_job
 from switchyard.settings import Settings
 from switchyard.stack import Stack
 from switchyard.warehouse import JOB_STATUS, Warehouse, outcomes_sql
@@ -35,7 +36,6 @@ def references_for(job_file: Path) -> Path | None:
 
 
 def run_demo(settings: Settings, job_file: Path, console: Console, out: Console) -> dict:
-    from switchyard.cli import outcomes_table, submit_job
     from switchyard.feedback import auto_grade, publish_feedback, read_references
 
     started = time.monotonic()
@@ -44,7 +44,8 @@ def run_demo(settings: Settings, job_file: Path, console: Console, out: Console)
         with console.status("starting the stack (the first start assembles the models)…"):
             info = stack.start()
         console.print(f"stack up in {time.monotonic() - started:.0f}s (broker {info.bootstrap})")
-        sub, outcome = submit_job(settings, job_file, None, "demo", wait=True, timeout=1200)
+        settings = stack.settings  # the running stack's (broker address, query port)
+        sub, outcome = submit_job(settings.kafka, job_file, None, "demo", wait=True, timeout=1200)
         expected = {"answered": len(sub.expected), "routed": len(sub.expected),
                     "dead_letters": len(sub.invalid)}
         refs_path = references_for(job_file)

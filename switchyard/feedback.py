@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from infra.topics import FEEDBACK
 from schemas import Feedback, Result, encode
 from schemas.common import request_id_for
 from streams.kafka import produce_all, producing
 from streams.records import Output
-from switchyard.settings import KafkaSettings
+from streams.config import KafkaSettings
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ def read_references(path: Path) -> dict[str, Reference]:
 
 def auto_grade(results: Iterable[Result], references: dict[str, Reference]) -> list[Feedback]:
     """One auto_grade feedback per answered request that has a reference; errors score 0."""
-    from router.grading import grade
+    from grading import grade
 
     feedback = []
     for result in results:
@@ -60,6 +59,6 @@ def auto_grade(results: Iterable[Result], references: dict[str, Reference]) -> l
 
 
 async def publish_feedback(kafka: KafkaSettings, feedback: list[Feedback]) -> None:
-    topic = f"{kafka.topic_prefix}{FEEDBACK}"
+    topic = kafka.topics.feedback
     async with producing(kafka) as producer:
         await produce_all(producer, (Output(topic, f.request_id.encode(), encode(f)) for f in feedback))

@@ -10,13 +10,12 @@ from typing import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from infra.topics import DLQ, QUERIES, RESULTS
 from schemas import DeadLetter, Result, encode
 from schemas.common import HEADER_JOB_ID, HEADER_TENANT
 from schemas.validation import InvalidMessage, parse_message, parse_query
 from streams.kafka import produce_all, producing
 from streams.records import Output
-from switchyard.settings import KafkaSettings
+from streams.config import KafkaSettings
 
 
 class JobFileError(ValueError):
@@ -73,7 +72,7 @@ def prepare(job: JobFile, job_id: str, tenant: str) -> tuple[Submission, list[tu
 async def publish(kafka: KafkaSettings, sub: Submission, messages: list[tuple[bytes, bytes]],
                   progress: Callable[[int], None] | None = None) -> None:
     headers = ((HEADER_JOB_ID, sub.job_id.encode()), (HEADER_TENANT, sub.tenant.encode()))
-    topic = f"{kafka.topic_prefix}{QUERIES}"
+    topic = kafka.topics.queries
     async with producing(kafka) as producer:
         sub.sent = await produce_all(producer, (Output(topic, key, value, headers) for key, value in messages),
                                      progress)
@@ -91,7 +90,7 @@ async def wait_for(kafka: KafkaSettings, sub: Submission, timeout: float,
     """Read results and dead letters for this job until every request is accounted for.
 
     Reads the topics from the beginning (the embedded broker's end offsets are unreliable, see
-    DESIGN.md) and keeps the latest result per custom_id.
+    docs/architecture.md) and keeps the latest result per custom_id.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", group_id=None)
@@ -100,7 +99,8 @@ async def wait_for(kafka: KafkaSettings, sub: Submission, timeout: float,
     seen_dead: set[tuple[str, int, int]] = set()
     try:
         await consumer.topics()  # fetches cluster metadata, so partitions are known
-        tps = [TopicPartition(t, p) for t in (f"{kafka.topic_prefix}{RESULTS}", f"{kafka.topic_prefix}{DLQ}")
+        topics = kafka.topics
+        tps = [TopicPartition(t, p) for t in (topics.results, topics.dlq)
                for p in consumer.partitions_for_topic(t) or ()]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -112,7 +112,7 @@ async def wait_for(kafka: KafkaSettings, sub: Submission, timeout: float,
             batches = await consumer.getmany(timeout_ms=500, max_records=1000)
             for tp, msgs in batches.items():
                 for m in msgs:
-                    if tp.topic.endswith(RESULTS):
+                    if tp.topic == topics.results:
                         _take_result(m.value, sub, outcome, progress)
                     else:
                         _take_dead_letter(m.value, sub, outcome, seen_dead)

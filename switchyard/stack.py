@@ -2,7 +2,7 @@
 
 Every stage runs as its own process (`switchyard stage ...`), so any one can be killed and
 restarted mid-job; the broker is the exception: it keeps everything in memory, so losing it
-means restarting the whole stack (see DESIGN.md).
+means restarting the whole stack (see docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -77,33 +77,35 @@ class Stack:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self, timeout: float = 600) -> StackInfo:
-        s = self.settings
-        running = StackInfo.load(info_path(s))
+        """Start everything. `self.settings` becomes the stack's runtime settings (broker address,
+        query port, Ray address), a copy: the caller's Settings are left as they were."""
+        running = StackInfo.load(info_path(self.settings))
         if running is not None and _pid_alive(running.pid):
-            raise StackError(f"a stack is already running on {s.data_dir} (pid {running.pid}, broker "
-                             f"{running.bootstrap}); stop it or use another SWITCHYARD_DATA_DIR")
-        s.data_dir.mkdir(parents=True, exist_ok=True)
-        logs = s.data_dir / "logs"
+            raise StackError(f"a stack is already running on {self.settings.data_dir} (pid {running.pid}, "
+                             f"broker {running.bootstrap}); stop it or use another SWITCHYARD_DATA_DIR")
+        data_dir = self.settings.data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        logs = data_dir / "logs"
         logs.mkdir(exist_ok=True)
-        rd = run_dir(s)
+        rd = data_dir / "run"
         rd.mkdir(exist_ok=True)
         for f in rd.glob("*"):
             f.unlink()
         self.broker, bootstrap = start_broker(log_path=logs / "broker.log")
-        create_topics_sync(bootstrap, s.kafka.topic_prefix)
-        s.data_dir = s.data_dir.resolve()
-        s.kafka.bootstrap = bootstrap
-        s.query_port = free_port()
+        create_topics_sync(bootstrap, self.settings.kafka.topic_prefix)
+        s = self.settings = self.settings.model_copy(deep=True, update={"data_dir": data_dir,
+                                                                        "query_port": free_port()})
+        s.kafka = s.kafka.model_copy(update={"bootstrap": bootstrap})
         frozen = s.data_dir / "settings.json"
         frozen.write_text(s.model_dump_json(indent=2))
-        self.env = {**os.environ, SETTINGS_FILE_ENV: str(frozen.resolve()),
+        self.env = {**os.environ, SETTINGS_FILE_ENV: str(frozen),
                     "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.info = StackInfo(bootstrap=bootstrap, query_url=f"http://127.0.0.1:{s.query_port}",
                               pid=os.getpid())
         if s.workers.engine == "serve":
             self.serve = self._spawn(["serve"], "serve")
             self.info.ray_address = self._wait_for_file(rd / "serve.ready", timeout, self.serve, "serve")
-            s.workers.ray_address = self.info.ray_address
+            s.workers = s.workers.model_copy(update={"ray_address": self.info.ray_address})
             frozen.write_text(s.model_dump_json(indent=2))
         self.info.save(info_path(s))
         self.stages = {

@@ -20,11 +20,6 @@ class WarehouseError(RuntimeError):
     pass
 
 
-def is_read_only(sql: str) -> bool:
-    head = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
-    return head in {"SELECT", "WITH", "SHOW", "DESCRIBE", "EXISTS"}
-
-
 @dataclass
 class Warehouse:
     client: Any = None

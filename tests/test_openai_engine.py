@@ -8,8 +8,9 @@ import pytest
 from aiohttp import web
 
 from infra.broker import free_port
-from switchyard.settings import TierModel
-from workers.engine import EngineError, XllamacppEngine, engine_kwargs
+from workers.config import TierModel
+from workers.engine import EngineError, XllamacppEngine
+from workers.tiers import engine_kwargs, served_tier
 from workers.openai_engine import OpenAIEngine
 
 from tests.conftest import lean_settings
@@ -35,7 +36,8 @@ async def _serve(engine: XllamacppEngine, port: int) -> web.AppRunner:
 
 @pytest.fixture(scope="module")
 def small_engine(tmp_path_factory):
-    return XllamacppEngine(**engine_kwargs("small", lean_settings(tmp_path_factory.mktemp("m"))))
+    settings = lean_settings(tmp_path_factory.mktemp("m"))
+    return XllamacppEngine(**engine_kwargs(served_tier("small", settings.workers), settings.workers))
 
 
 def test_openai_engine_answers_and_maps_errors(small_engine, monkeypatch):

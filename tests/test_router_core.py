@@ -4,11 +4,10 @@ import pytest
 
 from router.artifact import load_router, save_router
 from router.base import Knobs
-from router.data import validation_split
-from router.evaluate import bench
+from router.bench.evaluate import bench
+from router.bench.splits import validation_split
 from router.learned import BATCH_BUDGET_MIN, KnobError, fit_router
-
-from router.synthetic import make_table
+from tests.synthetic import make_table
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from router.data import RoutingDataError, cv_folds
-from router.evaluate import bench_cv
+from router.bench.evaluate import bench_cv
+from router.bench.splits import cv_folds
+from router.data import RoutingDataError
 from router.learned import fit_router
-from router.synthetic import make_table
+from tests.synthetic import make_table
 
 
 def test_cv_folds_are_seeded_balanced_and_by_query_id():

@@ -4,11 +4,16 @@ from pathlib import Path
 
 import numpy as np
 
-from router.artifact import load_default, load_routerbench
+from router.artifact import ROUTERBENCH_DIR, load_default, load_router
 from router.base import TIERS, Knobs
 from router.embeddings import DIM, embed, embedding_text
 
 SAMPLE_JOB = Path(__file__).resolve().parents[1] / "switchyard" / "data" / "sample_job.jsonl"
+
+
+def load_routerbench():
+    """The shipped router fitted on all train rows of the RouterBench subset."""
+    return load_router(ROUTERBENCH_DIR)
 
 
 def test_default_artifact_is_the_dcrouter_router_and_routes(tmp_path):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from router.metrics import Reference, apgr, area, cost_to_reach, cpt, curve_metrics, envelope, max_quality, quality_at_cost
+from router.bench.metrics import Reference, apgr, area, cost_to_reach, cpt, curve_metrics, envelope, max_quality, quality_at_cost
 
 REF = Reference(best_quality=0.8, best_cost=1.0, cheap_quality=0.4, cheap_cost=0.0)
 

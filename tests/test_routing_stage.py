@@ -5,10 +5,11 @@ import pytest
 
 from router.embeddings import embed, load_encoder
 from router.heuristic import HeuristicRouter
-from schemas import RoutingDecision, WorkItem, decode
+from schemas import RoutingDecision, WorkItem
 from schemas.messages import DeadLetter
 from streams.records import RawRecord
 from streams.routing import RouterProcessor
+from tests.helpers import decode
 
 SERVED = {"small": "s-model", "medium": "m-model", "large": "l-model"}
 

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from schemas import QueryRequest, Result, WorkItem, decode, encode
+from schemas import QueryRequest, Result, WorkItem, encode
 from schemas.validation import InvalidMessage, parse_query
+from tests.helpers import decode
 
 
 def test_valid_request_gets_job_from_header_and_a_request_id():

@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 from switchyard.settings import Settings, WorkerSettings
-from workers.engine import EngineError, chat_body
+from workers.engine import EngineError
+
+from tests.helpers import chat_body
 
 # Ray's own pydantic models emit deprecation warnings on import; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -57,10 +59,11 @@ _CLIENT = r"""
 import asyncio, json, sys, time
 t0 = time.perf_counter()
 from switchyard.settings import Settings, WorkerSettings
-from workers.serve import ServeEngine
-from workers.engine import EngineError, chat_body
+from workers.engine import EngineError
+from workers.tiers import build_engine
+from tests.helpers import chat_body
 s = Settings(workers=WorkerSettings(all_tiers_small=True, ray_temp_dir=sys.argv[1]))
-e = ServeEngine("small", settings=s)
+e = build_engine("small", s.workers)
 async def main():
     r = await e.chat(chat_body("Name a colour.", 8))
     try:
@@ -77,7 +80,8 @@ asyncio.run(main())
 def test_serve_small_tier_handle_and_other_process():
     from ray import serve
 
-    from workers.serve import ServeCluster, ServeEngine, app_name, start_serve, stop_serve
+    from workers.serve import ServeCluster, app_name, stop_serve
+    from workers.tiers import build_engine, serve_tiers
 
     # Short temp dir: Ray's unix socket paths must stay under ~107 chars.
     tmp = Path(tempfile.mkdtemp(prefix="syray-", dir="/tmp"))
@@ -85,7 +89,7 @@ def test_serve_small_tier_handle_and_other_process():
                                         model_dir=tmp / "models", max_tokens_cap=16))
     t0 = time.perf_counter()
     try:
-        cluster = start_serve(s, ["small"])
+        cluster = serve_tiers(s.workers, ["small"])
         assert cluster.apps == {"small": "tier-small"}
         assert cluster.models == {"small": "smollm2-135m"}
         recorded = ServeCluster.read(tmp / "switchyard-serve.json")
@@ -101,7 +105,7 @@ def test_serve_small_tier_handle_and_other_process():
         assert ei.value.status == 400
 
         # ServeEngine in this process (already connected to Ray)
-        eng = ServeEngine("small", settings=s)
+        eng = build_engine("small", s.workers)
         r2 = asyncio.run(eng.chat(chat_body("Say hi.", 8)))
         assert r2["usage"]["completion_tokens"] > 0
 
@@ -117,6 +121,6 @@ def test_serve_small_tier_handle_and_other_process():
         assert out["err"] == ["EngineError", 400, "invalid_request_error"]
         print(f"start-to-first-answer {first_answer_s:.1f}s, client process {out['seconds']:.1f}s")
     finally:
-        stop_serve(s)
+        stop_serve(s.workers.ray_temp_dir)
         shutil.rmtree(tmp, ignore_errors=True)
     assert not (tmp / "switchyard-serve.json").exists()

@@ -4,19 +4,20 @@ from datetime import datetime, timezone
 
 import pytest
 
-from schemas import Result, WorkItem, decode, encode
+from schemas import Result, WorkItem, encode
 from schemas.messages import DeadLetter
 from streams.records import RawRecord
-from workers.engine import build_engine
+from workers.tiers import build_engine, served_tier
 from workers.tier_worker import TierProcessor
 
 from tests.conftest import lean_settings
+from tests.helpers import decode
 
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
     settings = lean_settings(tmp_path_factory.mktemp("worker"))
-    return TierProcessor("medium", build_engine("medium", settings), settings)
+    return TierProcessor(served_tier("medium", settings.workers), build_engine("medium", settings.workers))
 
 
 def _work(custom_id: str, body: dict) -> bytes:

@@ -4,7 +4,7 @@
   batching over ``n_parallel`` slots; calls release the GIL and run in a thread).
 - :class:`workers.serve.ServeEngine` calls a Ray Serve deployment that wraps one of those.
 
-``build_engine(tier, settings)`` picks one from ``settings.workers``.
+``workers.tiers.build_engine(tier, workers)`` picks one for a tier.
 """
 from __future__ import annotations
 
@@ -12,10 +12,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-if TYPE_CHECKING:  # pragma: no cover
-    from switchyard.settings import Settings
+from typing import Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
@@ -155,47 +152,3 @@ class XllamacppEngine:
 
     def __repr__(self) -> str:
         return f"XllamacppEngine({self.name!r}, {self.gguf_path.name}, slots={self.n_parallel})"
-
-
-def engine_kwargs(tier: str, settings: "Settings") -> dict[str, Any]:
-    """Constructor arguments of the XllamacppEngine serving ``tier`` (model ensured on disk)."""
-    from workers.models import ensure_model, spec_for_tier
-
-    w = settings.workers
-    spec = spec_for_tier(tier, settings)
-    # Runtime knobs come from the tier's own TierModel (even when the small model stands in).
-    tm = w.models.get(tier) or w.models.get(spec.tier)
-    gguf = ensure_model(spec, w.model_dir)
-    return dict(
-        gguf_path=str(gguf),
-        model_name=spec.name,
-        n_ctx=tm.context_tokens if tm else 2048,
-        n_parallel=tm.parallel_slots if tm else 2,
-        threads=tm.threads if tm else 1,
-        max_tokens_cap=w.max_tokens_cap,
-    )
-
-
-def build_engine(tier: str, settings: "Settings", **kwargs: Any) -> Engine:
-    """The engine for ``tier``: in-process xllamacpp or a Ray Serve handle (settings.workers.engine).
-
-    Extra kwargs go to ServeEngine (e.g. ``ray_address``)."""
-    tier_model = settings.workers.models.get(tier)
-    if tier_model is not None and tier_model.endpoint:
-        from workers.openai_engine import OpenAIEngine
-
-        return OpenAIEngine.for_tier(tier_model, settings.workers.max_tokens_cap)
-    if settings.workers.engine == "inprocess":
-        return XllamacppEngine(**engine_kwargs(tier, settings))
-    if settings.workers.engine == "serve":
-        from workers.serve import ServeEngine
-
-        if settings.workers.ray_address:  # set by the local stack for its stages
-            kwargs.setdefault("ray_address", settings.workers.ray_address)
-        return ServeEngine(tier, settings=settings, **kwargs)
-    raise ValueError(f"unknown engine {settings.workers.engine!r}")
-
-
-def chat_body(prompt: str, max_tokens: int = 64, **extra: Any) -> dict:
-    """A minimal chat-completions body for one user message (handy in tests and benches)."""
-    return {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, **extra}

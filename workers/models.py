@@ -24,10 +24,6 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from switchyard.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +45,7 @@ class ModelIntegrityError(RuntimeError):
 class ModelSpec:
     """One local model. ``packages`` in part order; ``package_file`` for single-file models."""
 
-    name: str  # matches settings.workers.models[tier].name
+    name: str  # the default TierModel.name of its tier (workers.config)
     tier: str  # default tier for this model
     filename: str  # file name inside model_dir (or inside the package)
     packages: tuple[str, ...]
@@ -71,7 +67,7 @@ class ModelSpec:
         return f"pip install{flags}{extra} {pkgs}"
 
 
-REGISTRY: dict[str, ModelSpec] = {
+LOCAL_MODELS: dict[str, ModelSpec] = {
     "small": ModelSpec(
         name="smollm2-135m",
         tier="small",
@@ -112,24 +108,13 @@ def get_spec(tier_or_model_name: str | ModelSpec) -> ModelSpec:
     if isinstance(tier_or_model_name, ModelSpec):
         return tier_or_model_name
     key = tier_or_model_name.strip().lower()
-    if key in REGISTRY:
-        return REGISTRY[key]
-    for spec in REGISTRY.values():
+    if key in LOCAL_MODELS:
+        return LOCAL_MODELS[key]
+    for spec in LOCAL_MODELS.values():
         if key == spec.name.lower() or key in (a.lower() for a in spec.aliases):
             return spec
-    known = sorted({*REGISTRY, *(s.name for s in REGISTRY.values())})
+    known = sorted({*LOCAL_MODELS, *(s.name for s in LOCAL_MODELS.values())})
     raise KeyError(f"unknown model or tier {tier_or_model_name!r}; known: {', '.join(known)}")
-
-
-def spec_for_tier(tier: str, settings: "Settings") -> ModelSpec:
-    """The model serving ``tier`` under ``settings`` (all_tiers_small → the small model)."""
-    w = settings.workers
-    if w.all_tiers_small:
-        return REGISTRY["small"]
-    tm = w.models.get(tier)
-    if tm is None:
-        raise KeyError(f"no model configured for tier {tier!r} (settings.workers.models)")
-    return get_spec(tm.name)
 
 
 # --------------------------------------------------------------------------- locating parts
@@ -373,27 +358,3 @@ def ensure_model(tier_or_model_name: str | ModelSpec, model_dir: Path | str, *,
         parts = locate_parts(spec)
         log.info("assembling %s from %d parts into %s", spec.name, len(parts), dest)
         return assemble(parts, dest, spec.sha256, spec=spec, progress=progress)
-
-
-def ensure_all(settings: "Settings", tiers: Iterable[str] | None = None, *,
-               progress: bool | None = None) -> dict[str, Path]:
-    """Ensure every tier's model (all tiers → the small one when ``all_tiers_small``).
-
-    Returns {tier: gguf path}. Used by ``switchyard up``."""
-    tiers = list(tiers) if tiers is not None else list(settings.workers.models)
-    out: dict[str, Path] = {}
-    done: dict[str, Path] = {}
-    for tier in tiers:
-        spec = spec_for_tier(tier, settings)
-        if spec.name not in done:
-            done[spec.name] = ensure_model(spec, settings.workers.model_dir, progress=progress)
-        out[tier] = done[spec.name]
-    return out
-
-
-if __name__ == "__main__":  # python -m workers.models [tier ...]
-    logging.basicConfig(level=logging.INFO)
-    from switchyard.settings import get_settings
-
-    for t, p in ensure_all(get_settings(), sys.argv[1:] or None).items():
-        print(f"{t}\t{p}")

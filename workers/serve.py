@@ -1,9 +1,10 @@
 """Ray Serve: one application per tier (``tier-small`` / ``tier-medium`` / ``tier-large``), each a
 :class:`TierModelDeployment` wrapping an in-process :class:`XllamacppEngine`.
 
-- ``start_serve(settings, tiers)`` starts a local Ray cluster owned by the calling process (keep
-  that process alive: the cluster ends with it), deploys the tiers, waits until they are RUNNING
-  and records the cluster address in ``<ray_temp_dir>/switchyard-serve.json``.
+- ``start_serve(engine_kwargs_by_tier, ...)`` starts a local Ray cluster owned by the calling
+  process (keep that process alive: the cluster ends with it), deploys the tiers, waits until
+  they are RUNNING and records the cluster address in ``<ray_temp_dir>/switchyard-serve.json``
+  (``workers.tiers.serve_tiers`` computes the kwargs from the worker settings).
 - ``ServeEngine(tier)`` is an Engine usable from ANY other process: it reads that file (or takes
   ``ray_address``), connects with token auth and calls the tier's handle.
 - ``stop_serve()`` shuts it all down.
@@ -20,10 +21,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 # Keep Ray on loopback: by default it takes the host's outward-facing address as its node IP
 # and every Ray process talks over it. This switch (read when ray is first imported) makes
@@ -32,11 +33,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from ray import serve  # noqa: E402
 
-from schemas.common import TIERS
-from workers.engine import EngineError, XllamacppEngine, engine_kwargs
-
-if TYPE_CHECKING:  # pragma: no cover
-    from switchyard.settings import Settings
+from workers.engine import EngineError, XllamacppEngine
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +100,8 @@ class ServeCluster:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def address_file(settings: "Settings") -> Path:
-    return Path(settings.workers.ray_temp_dir) / ADDRESS_FILE
+def address_file(ray_temp_dir: Path | str) -> Path:
+    return Path(ray_temp_dir) / ADDRESS_FILE
 
 
 def _prepare_env() -> None:
@@ -117,27 +114,28 @@ def _prepare_env() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *pp])
 
 
-def start_serve(settings: "Settings", tiers: Iterable[str] | None = None, *,
+def start_serve(engine_kwargs_by_tier: dict[str, dict[str, Any]], *, ray_temp_dir: Path | str,
+                ray_num_cpus: float = 2.0,
                 num_cpus_per_replica: float = DEFAULT_NUM_CPUS_PER_REPLICA,
                 max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
                 timeout_s: float = 600.0) -> ServeCluster:
     """Start Ray + Serve in this process and deploy one app per tier; block until RUNNING.
 
-    Models are ensured (assembled/verified) here, before any replica starts. Raises
+    ``engine_kwargs_by_tier``: XllamacppEngine's kwargs per tier, models already on disk. Raises
     RuntimeError when an app fails to deploy or is not RUNNING within ``timeout_s`` (a replica
     that does not fit the CPU budget stays DEPLOYING: the message says so)."""
     import ray
 
     t0 = time.perf_counter()
-    tiers = list(tiers) if tiers is not None else list(TIERS)
-    kwargs = {t: engine_kwargs(t, settings) for t in tiers}  # ensures the models on disk
-    temp_dir = Path(settings.workers.ray_temp_dir).resolve()
+    kwargs = engine_kwargs_by_tier
+    tiers = list(kwargs)
+    temp_dir = Path(ray_temp_dir).resolve()
     temp_dir.mkdir(parents=True, exist_ok=True)
     _prepare_env()
     if not ray.is_initialized():
         ray.init(
             _temp_dir=str(temp_dir),
-            num_cpus=settings.workers.ray_num_cpus,
+            num_cpus=ray_num_cpus,
             include_dashboard=False,
             namespace=NAMESPACE,
             log_to_driver=False,
@@ -149,7 +147,7 @@ def start_serve(settings: "Settings", tiers: Iterable[str] | None = None, *,
     total = ray.cluster_resources().get("CPU", 0.0)
     if need > total:
         raise RuntimeError(f"{len(tiers)} tiers × {num_cpus_per_replica} CPU = {need} CPU exceed the "
-                           f"cluster's {total} CPU (settings.workers.ray_num_cpus); Serve would hang in "
+                           f"cluster's {total} CPU (ray_num_cpus); Serve would hang in "
                            f"DEPLOYING")
     serve.start(
         proxy_location="Disabled",  # handles only; no HTTP port to collide with
@@ -177,7 +175,7 @@ def start_serve(settings: "Settings", tiers: Iterable[str] | None = None, *,
         pid=os.getpid(),
         start_seconds=round(time.perf_counter() - t0, 3),
     )
-    path = address_file(settings)
+    path = address_file(temp_dir)
     cluster.address_file = str(path)
     cluster.write(path)
     log.info("Serve up in %.1fs at %s: %s", cluster.start_seconds, gcs_address, cluster.apps)
@@ -206,7 +204,7 @@ def wait_running(apps: Sequence[str], timeout_s: float = 600.0, poll_s: float = 
         time.sleep(poll_s)
 
 
-def stop_serve(settings: "Settings | None" = None) -> None:
+def stop_serve(ray_temp_dir: Path | str | None = None) -> None:
     """Shut Serve and this process's Ray cluster down; remove the address file."""
     import ray
 
@@ -215,8 +213,8 @@ def stop_serve(settings: "Settings | None" = None) -> None:
             serve.shutdown()
         finally:
             ray.shutdown()
-    if settings is not None:
-        address_file(settings).unlink(missing_ok=True)
+    if ray_temp_dir is not None:
+        address_file(ray_temp_dir).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- client side
@@ -245,42 +243,28 @@ def _connect(ray_address: str, auth_mode: str | None) -> None:
 class ServeEngine:
     """Engine backed by the ``tier-<tier>`` Serve app of a running cluster.
 
-    Address: ``ray_address`` if given, else ``$RAY_ADDRESS``, else the address file
-    written by ``start_serve`` (``<settings.workers.ray_temp_dir>/switchyard-serve.json``),
-    else "auto". Connects this process to Ray on construction (once per process)."""
+    Address: ``ray_address`` if given, else ``$RAY_ADDRESS``, else the cluster recorded in
+    ``address_file`` (written by ``start_serve``), else "auto". The model name is the one the
+    cluster recorded, else ``name``. Connects this process to Ray on construction (once)."""
 
-    def __init__(self, tier: str, *, ray_address: str | None = None,
-                 settings: "Settings | None" = None, timeout_s: float | None = 600.0):
+    def __init__(self, tier: str, *, name: str | None = None, ray_address: str | None = None,
+                 address_file: Path | None = None, timeout_s: float | None = 600.0):
         self.tier = tier
         self.timeout_s = timeout_s
         info: ServeCluster | None = None
-        if settings is None and ray_address is None and not os.environ.get("RAY_ADDRESS"):
-            from switchyard.settings import get_settings
-
-            settings = get_settings()
-        if settings is not None:
-            path = address_file(settings)
-            if path.exists():
-                info = ServeCluster.read(path)
-                if ray_address and info.gcs_address != ray_address:
-                    info = None  # the file describes another cluster
+        if address_file is not None and Path(address_file).exists():
+            info = ServeCluster.read(address_file)
+            if ray_address and info.gcs_address != ray_address:
+                info = None  # the file describes another cluster
         address = ray_address or os.environ.get("RAY_ADDRESS") or (info.gcs_address if info else "auto")
         self.ray_address = address
-        self.name = (info.models.get(tier) if info else None) or self._model_name(tier, settings)
+        self.name = (info.models.get(tier) if info else None) or name or app_name(tier)
         try:
             _connect(address, info.auth_mode if info else None)
         except ConnectionError as e:
             raise EngineError(f"no Ray cluster at {address} (is `switchyard up` running?): {e}",
                               status=503, type="unavailable") from e
         self._handle = serve.get_app_handle(app_name(tier))
-
-    @staticmethod
-    def _model_name(tier: str, settings: "Settings | None") -> str:
-        if settings is None:
-            return app_name(tier)
-        from workers.models import spec_for_tier
-
-        return spec_for_tier(tier, settings).name
 
     async def chat(self, body: dict) -> dict:
         import asyncio

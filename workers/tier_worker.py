@@ -6,41 +6,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from typing import Callable
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from infra.topics import DLQ, RESULTS, work_topic
+from infra.topics import Topics
 from schemas import Result, Usage, WorkItem, encode
-from schemas.common import Tier, utcnow
+from schemas.common import utcnow
 from schemas.validation import InvalidMessage, parse_message
-from streams.kafka import consume_in_batches, make_consumer, make_producer, produce_all
+from streams.config import DlqLimitSettings, KafkaSettings
+from streams.kafka import make_consumer, make_producer, produce_all
 from streams.records import Output, RawRecord, dead_letter
-from switchyard.settings import Settings, TierModel
+from streams.runtime import DlqLimit, Stage, run_stage
 from workers.engine import Engine, EngineError
+from workers.tiers import ServedTier
 
 log = logging.getLogger(__name__)
-
-
-def estimate_cost(model: TierModel, usage: Usage) -> float:
-    return (usage.prompt_tokens * model.price_per_mtok_in
-            + usage.completion_tokens * model.price_per_mtok_out) / 1e6
 
 
 class TierProcessor:
     """Turns work records into result (or dead-letter) outputs. Kafka-free, so tests call it."""
 
-    def __init__(self, tier: Tier, engine: Engine, settings: Settings):
-        self.tier = tier
+    def __init__(self, served: ServedTier, engine: Engine, topics: Topics = Topics()):
+        self.served = served
+        self.tier = served.tier
         self.engine = engine
-        self.settings = settings
-        self.model = settings.workers.models["small" if settings.workers.all_tiers_small else tier]
-        self.prefix = settings.kafka.topic_prefix
-        # Twice the engine's slots: one request decoding per slot, one queued behind it.
-        self.max_in_flight = max(1, self.model.parallel_slots * 2)
+        self.topics = topics
+        self.max_in_flight = served.max_in_flight
         self.slots = asyncio.Semaphore(self.max_in_flight)
+
+    @property
+    def stage(self) -> str:
+        return f"worker.{self.tier}"
 
     async def process(self, records: list[RawRecord]) -> list[Output]:
         return list(await asyncio.gather(*(self._one(r) for r in records)))
@@ -49,11 +47,10 @@ class TierProcessor:
         try:
             item = parse_message(WorkItem, record.value)
         except InvalidMessage as exc:
-            return dead_letter(f"worker.{self.tier}", exc.reason, record, f"{self.prefix}{DLQ}")
+            return dead_letter(self.stage, exc.reason, record, self.topics.dlq)
         async with self.slots:
             result = await self._answer(item)
-        return Output(f"{self.prefix}{RESULTS}", item.request_id.encode(), encode(result))
-
+        return Output(self.topics.results, item.request_id.encode(), encode(result))
     async def _answer(self, item: WorkItem) -> Result:
         body = item.body.model_dump(exclude_none=True)
         ref = dict(request_id=item.request_id, job_id=item.job_id, tenant=item.tenant,
@@ -76,43 +73,31 @@ class TierProcessor:
         finished = utcnow()
         return Result(
             **ref, status="ok", response=response, usage=usage,
-            cost_usd=estimate_cost(self.model, usage), model_latency_ms=latency_ms,
+            cost_usd=self.served.cost_usd(usage.prompt_tokens, usage.completion_tokens), model_latency_ms=latency_ms,
             end_to_end_ms=(finished - item.submitted_at).total_seconds() * 1000,
             finished_at=finished,
         )
 
 
-async def run_tier_worker(tier: Tier, settings: Settings, engine: Engine | None = None,
-                          stop: asyncio.Event | None = None,
+async def run_tier_worker(processor: TierProcessor, kafka: KafkaSettings, *,
+                          dlq_limit: DlqLimitSettings | None = None, stop: asyncio.Event | None = None,
                           on_ready: Callable[[], None] | None = None) -> None:
-    if engine is None:
-        from workers.engine import build_engine
-
-        engine = await asyncio.to_thread(build_engine, tier, settings)
-    stop = stop or _stop_on_signals()
-    processor = TierProcessor(tier, engine, settings)
-    consumer = make_consumer(settings.kafka, f"switchyard-worker-{tier}", work_topic(tier))
-    producer = make_producer(settings.kafka)
+    """Answer work.<tier> until SIGTERM/SIGINT (or `stop`); results are produced and acked
+    before the batch's offsets are committed."""
+    tier = processor.tier
+    consumer = make_consumer(kafka, f"switchyard-worker-{tier}", kafka.topics.work(tier))
+    producer = make_producer(kafka)
     await producer.start()
     await consumer.start()
-    log.info("tier worker %s serving %s", tier, engine.name)
-    if on_ready:
-        on_ready()
+    log.info("tier worker %s serving %s", tier, processor.engine.name)
 
-    async def handle(records: list[RawRecord]) -> None:
-        await produce_all(producer, await processor.process(records))
+    async def produce(outputs: list[Output]) -> None:
+        await produce_all(producer, outputs)
 
+    stage = Stage(processor.stage, processor.process, produce, lambda out: out.dead_letter)
     try:
-        await consume_in_batches(consumer, handle, max_records=processor.max_in_flight,
-                                 timeout_ms=500, stop=stop)
+        await run_stage(stage, consumer, max_records=processor.max_in_flight, timeout_ms=500,
+                        limit=DlqLimit(dlq_limit or DlqLimitSettings(), processor.stage), stop=stop,
+                        on_ready=on_ready)
     finally:
-        await consumer.stop()
         await producer.stop()
-
-
-def _stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop

@@ -20,7 +20,7 @@ OUT = Path(__file__).resolve().parents[2] / "switchyard" / "data"
 
 def prompt_for(row: dict) -> str:
     """The graded queries carry options and tests apart from the question; a model needs them."""
-    from router.grading import parse_choices
+    from grading import parse_choices
 
     query = row["query"]
     if row["metric"] == "em_mc" and row.get("choices"):

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from router.data import build_table, cv_folds, load_rows
+from router.bench.splits import cv_folds
+from router.data import build_table, load_rows
 from router.embeddings import embed
 from router.features import text_features
 from router.quality import KnnQuality, NearDuplicateQuality

@@ -1,6 +1,6 @@
 """How far can a router get on a routing dataset with a given kind of knowledge?
 
-Upper bounds read with the bench's own curve metrics (`router.metrics`), on the same pooled
+Upper bounds read with the bench's own curve metrics (`router.bench.metrics`), on the same pooled
 5-fold split as `switchyard bench routing`:
 
 - task: the router knows each query's task (the `query_id` prefix before the first dot) and every
@@ -23,12 +23,13 @@ import sys
 
 import numpy as np
 
-from router.data import build_table, cv_folds, load_rows
+from router.bench.evaluate import reference_of
+from router.bench.metrics import curve_metrics
+from router.bench.splits import cv_folds
+from router.data import build_table, load_rows
 from router.embeddings import embed
-from router.evaluate import reference_of
-from router.metrics import curve_metrics
 from router.policy import lagrangian_choice
-from router.quality import NearDuplicateQuality, _nearest
+from router.quality import NearDuplicateQuality, nearest_neighbour
 
 LAMBDAS = np.r_[0.0, np.logspace(-1, 7, 600)]
 
@@ -56,7 +57,7 @@ def bounds(path: str, n_folds: int = 5, seed: int = 0) -> dict[str, dict[str, fl
     near = np.zeros(len(scores), dtype=bool)
     for f in range(n_folds):
         test, train = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
-        _, sim = _nearest(emb[test], emb[train])
+        _, sim = nearest_neighbour(emb[test], emb[train])
         near[test] = sim >= NearDuplicateQuality.threshold
     with_copies = task_quality.copy()
     with_copies[near] = scores[near]

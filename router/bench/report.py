@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from router.metrics import METRIC_LABELS
+from router.bench.metrics import METRIC_LABELS
 
 HEADERS = list(METRIC_LABELS.values())
 

@@ -22,15 +22,15 @@ cancels). An interval for a difference that straddles 0 is a tie.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
+from router.bench.metrics import Reference, curve_metrics
+from router.bench.threads import single_threaded
 from router.data import RoutingTable
 from router.learned import LearnedRouter, fit_router
-from router.metrics import Reference, curve_metrics
 from router.policy import lagrangian_choice, lambda_grid
 
 DEFAULT_ROUTERS = ("switchyard", "knn", "cluster", "sw_ranking", "mf", "classifier")
@@ -341,21 +341,6 @@ def _fold_job(name: str, train: RoutingTable, emb_train: np.ndarray, texts, emb_
         kn, p = router_picks(router, texts, emb_test, points)
         bp = budget_picks(router, texts, emb_test, targets) if with_budget else []
     return kn, p, bp, t1 - t0, time.perf_counter() - t1
-
-
-@contextmanager
-def single_threaded():
-    """One torch thread and one BLAS / OpenMP thread inside the block (restored after)."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def bench_cv(

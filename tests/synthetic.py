@@ -1,4 +1,4 @@
-"""A small synthetic routing problem with known structure, for tests and examples (no MiniLM needed)."""
+"""A small synthetic routing problem with known structure, for the router tests (no MiniLM needed)."""
 import numpy as np
 
 from router.data import RoutingTable

@@ -1,0 +1,50 @@
+"""The typed configuration of the tier workers and their engines. The composition root
+(`switchyard.settings`) nests it in its one Settings object; nothing here reads the environment."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from workers.models import LOCAL_MODELS
+
+
+class TierModel(BaseModel):
+    """One tier's model: a GGUF shipped inside PyPI packages, or an OpenAI-compatible endpoint."""
+
+    name: str
+    context_tokens: int = 2048
+    parallel_slots: int = 2
+    threads: int = 1
+    price_per_mtok_in: float
+    price_per_mtok_out: float
+    # An OpenAI-compatible endpoint (e.g. a Ray Serve LLM app, http://head:8000/tier-large/v1)
+    # serves this tier instead of the local GGUF when set; the model id sent is `endpoint_model`.
+    endpoint: str | None = None
+    endpoint_model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    request_timeout_seconds: float = 600.0
+
+
+# Prices are the list prices of comparable hosted models, used for the cost estimate.
+_DEFAULT_PRICES = {"small": (0.02, 0.04), "medium": (0.10, 0.20), "large": (0.50, 1.00)}
+
+
+def default_tier_models() -> dict[str, TierModel]:
+    return {tier: TierModel(name=LOCAL_MODELS[tier].name, price_per_mtok_in=p_in, price_per_mtok_out=p_out)
+            for tier, (p_in, p_out) in _DEFAULT_PRICES.items()}
+
+
+class WorkerSettings(BaseModel):
+    # "serve": the tier worker calls a Ray Serve deployment; "inprocess": loads the model itself.
+    engine: Literal["serve", "inprocess"] = "serve"
+    # Lean mode for tests: every tier is served by the small tier's model (and its settings).
+    all_tiers_small: bool = False
+    max_tokens_cap: int = 256
+    models: dict[str, TierModel] = Field(default_factory=default_tier_models)
+    model_dir: Path = Path.home() / ".cache" / "switchyard" / "models"
+    ray_temp_dir: Path = Path("/tmp/switchyard-ray")
+    ray_num_cpus: float = 2.0
+    # Set by the stack for its stages: the GCS address of the Ray cluster running Serve.
+    ray_address: str | None = None
