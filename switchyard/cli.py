@@ -52,8 +52,11 @@ def _settings(all_tiers_small: bool | None = None, engine: str | None = None) ->
 
 @app.command()
 def up(
-    all_tiers_small: bool = typer.Option(False, help="Serve every tier with the small model (lean)."),
-    engine: str = typer.Option("serve", help="serve: Ray Serve deployments; inprocess: no Ray."),
+    all_tiers_small: Optional[bool] = typer.Option(
+        None, "--all-tiers-small/--no-all-tiers-small",
+        help="Serve every tier with the small model (lean). Default: SWITCHYARD_WORKERS__ALL_TIERS_SMALL, else off."),
+    engine: Optional[str] = typer.Option(
+        None, help="serve: Ray Serve deployments; inprocess: no Ray. Default: SWITCHYARD_WORKERS__ENGINE, else serve."),
 ) -> None:
     """Start the embedded stack in the foreground; Ctrl-C stops every process."""
     from switchyard.stack import Stack, StackError
@@ -231,8 +234,11 @@ def report(job_id: Optional[str] = typer.Option(None, "--job", help="One job; de
 
 @app.command()
 def demo(
-    all_tiers_small: bool = typer.Option(False, help="Serve every tier with the small model (lean)."),
-    engine: str = typer.Option("serve", help="serve: Ray Serve deployments; inprocess: no Ray."),
+    all_tiers_small: Optional[bool] = typer.Option(
+        None, "--all-tiers-small/--no-all-tiers-small",
+        help="Serve every tier with the small model (lean). Default: SWITCHYARD_WORKERS__ALL_TIERS_SMALL, else off."),
+    engine: Optional[str] = typer.Option(
+        None, help="serve: Ray Serve deployments; inprocess: no Ray. Default: SWITCHYARD_WORKERS__ENGINE, else serve."),
     job_file: Optional[Path] = typer.Option(None, help="Default: the bundled sample job."),
 ) -> None:
     """Bring the stack up, run the bundled sample job, print a summary, shut down."""

@@ -128,3 +128,15 @@ def test_full_demo_on_ray_serve_uses_all_three_real_models(tmp_path):
     assert summary["answered"] == summary["valid"] == 30 and summary["errors"] == 0
     assert summary["clickhouse"] == {"result_rows": 30, "decision_rows": 30, "request_rows": 30}
     assert set(summary["tiers"]) == {"small", "medium", "large"}
+
+
+def test_up_flags_left_out_keep_the_environment_settings(monkeypatch):
+    """`up` and `demo` flags override the environment only when given."""
+    from switchyard import cli
+
+    monkeypatch.setenv("SWITCHYARD_WORKERS__ENGINE", "inprocess")
+    monkeypatch.setenv("SWITCHYARD_WORKERS__ALL_TIERS_SMALL", "true")
+    kept = cli._settings(None, None)
+    assert (kept.workers.engine, kept.workers.all_tiers_small) == ("inprocess", True)
+    given = cli._settings(False, "serve")
+    assert (given.workers.engine, given.workers.all_tiers_small) == ("serve", False)
