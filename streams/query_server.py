@@ -10,7 +10,6 @@ import uuid
 from aiohttp import web
 
 
-
 def is_read_only(sql: str) -> bool:
     head = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
     return head in {"SELECT", "WITH", "SHOW", "DESCRIBE", "EXISTS"}

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def build_app(kafka: KafkaSettings, processor: RouterProcessor, *, batch_size: int,
-              max_wait_seconds: float, data_dir: Path, dlq_limit: DlqLimitSettings | None = None,
+              max_wait_seconds: float, data_dir: Path, dlq_limit: DlqLimitSettings = DlqLimitSettings(),
               on_ready: Callable[[], None] | None = None) -> faust.App:
     topics = kafka.topics
     app = faust.App(
@@ -37,7 +37,7 @@ def build_app(kafka: KafkaSettings, processor: RouterProcessor, *, batch_size: i
         datadir=str(data_dir / "faust"),
     )
     queries = app.topic(topics.queries, key_serializer="raw", value_serializer="raw")
-    limit = DlqLimit(dlq_limit or DlqLimitSettings(), STAGE)
+    limit = DlqLimit(dlq_limit, STAGE)
 
     async def send(outputs: list[Output]) -> None:
         for out in outputs:

@@ -66,13 +66,12 @@ class DlqLimit:
                                        f"messages were invalid (limit {s.max_invalid_ratio:.0%})")
 
 
-async def process_batch(stage: Stage[O], records: list[RawRecord], limit: DlqLimit | None) -> None:
+async def process_batch(stage: Stage[O], records: list[RawRecord], limit: DlqLimit) -> None:
     """One batch through the contract: process, check the limit, apply the effect."""
     outputs = stage.process(records)
     if inspect.isawaitable(outputs):
         outputs = await outputs
-    if limit is not None:
-        limit.observe(len(records), sum(map(stage.is_dead_letter, outputs)))
+    limit.observe(len(records), sum(map(stage.is_dead_letter, outputs)))
     await stage.effect(outputs)
 
 
@@ -86,11 +85,12 @@ def stop_on_signals() -> asyncio.Event:
 
 
 async def run_stage(stage: Stage[O], consumer: AIOKafkaConsumer, *, max_records: int, timeout_ms: int,
-                    limit: DlqLimit | None = None, stop: asyncio.Event | None = None,
+                    dlq_limit: DlqLimitSettings = DlqLimitSettings(), stop: asyncio.Event | None = None,
                     on_ready: Callable[[], None] | None = None) -> None:
     """Drive `stage` over a started consumer until `stop` is set (default: SIGTERM/SIGINT).
     The consumer is stopped on the way out."""
     stop = stop or stop_on_signals()
+    limit = DlqLimit(dlq_limit, stage.name)
     try:
         if on_ready:
             on_ready()
@@ -113,4 +113,3 @@ async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
     except (CommitFailedError, IllegalStateError) as exc:
         # Partitions moved during the batch; their new owner replays it (idempotently).
         log.warning("commit skipped after rebalance: %s", exc)
-

@@ -20,7 +20,7 @@ from streams.config import DlqLimitSettings, KafkaSettings
 from streams.kafka import make_consumer
 from streams.query_server import start_query_server
 from streams.records import RawRecord, letter_for
-from streams.runtime import DlqLimit, Stage, run_stage
+from streams.runtime import Stage, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ SINK_TOPICS = (QUERIES, DECISIONS, RESULTS, FEEDBACK, DLQ)
 
 
 async def run_sink(kafka: KafkaSettings, clickhouse_dsn: str, *, batch_size: int, flush_seconds: float,
-                   query_port: int = 0, dlq_limit: DlqLimitSettings | None = None,
+                   query_port: int = 0, dlq_limit: DlqLimitSettings = DlqLimitSettings(),
                    stop: asyncio.Event | None = None, on_ready: Callable[[], None] | None = None) -> None:
     """Store every topic's messages in ClickHouse until SIGTERM/SIGINT (or `stop`). With a
     `query_port`, also serve read-only queries on loopback (one process owns a chDB directory)."""
@@ -164,8 +164,7 @@ async def run_sink(kafka: KafkaSettings, clickhouse_dsn: str, *, batch_size: int
     await consumer.start()
     try:
         await run_stage(stage, consumer, max_records=batch_size, timeout_ms=int(flush_seconds * 1000),
-                        limit=DlqLimit(dlq_limit or DlqLimitSettings(), STAGE), stop=stop,
-                        on_ready=on_ready)
+                        dlq_limit=dlq_limit, stop=stop, on_ready=on_ready)
     finally:
         if runner is not None:
             await runner.cleanup()

@@ -83,18 +83,17 @@ class Stack:
         if running is not None and _pid_alive(running.pid):
             raise StackError(f"a stack is already running on {self.settings.data_dir} (pid {running.pid}, "
                              f"broker {running.bootstrap}); stop it or use another SWITCHYARD_DATA_DIR")
-        data_dir = self.settings.data_dir.resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
-        logs = data_dir / "logs"
+        s = self.settings = self.settings.model_copy(
+            deep=True, update={"data_dir": self.settings.data_dir.resolve(), "query_port": free_port()})
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        logs = s.data_dir / "logs"
         logs.mkdir(exist_ok=True)
-        rd = data_dir / "run"
+        rd = run_dir(s)
         rd.mkdir(exist_ok=True)
         for f in rd.glob("*"):
             f.unlink()
         self.broker, bootstrap = start_broker(log_path=logs / "broker.log")
-        create_topics_sync(bootstrap, self.settings.kafka.topic_prefix)
-        s = self.settings = self.settings.model_copy(deep=True, update={"data_dir": data_dir,
-                                                                        "query_port": free_port()})
+        create_topics_sync(bootstrap, s.kafka.topic_prefix)
         s.kafka = s.kafka.model_copy(update={"bootstrap": bootstrap})
         frozen = s.data_dir / "settings.json"
         frozen.write_text(s.model_dump_json(indent=2))

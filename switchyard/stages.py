@@ -31,12 +31,12 @@ def load_router(settings: Settings):
     return HeuristicRouter()
 
 
-def router_processor(settings: Settings, router=None):
+def router_processor(settings: Settings):
     from router.embeddings import embed, load_encoder
     from streams.routing import RouterProcessor
     from workers.tiers import served_models
 
-    router = router or load_router(settings)
+    router = load_router(settings)
     encoder = load_encoder()
     batch_size = settings.router.embed_batch_size
     return RouterProcessor(

@@ -18,7 +18,7 @@ from schemas.validation import InvalidMessage, parse_message
 from streams.config import DlqLimitSettings, KafkaSettings
 from streams.kafka import make_consumer, make_producer, produce_all
 from streams.records import Output, RawRecord, dead_letter
-from streams.runtime import DlqLimit, Stage, run_stage
+from streams.runtime import Stage, run_stage
 from workers.engine import Engine, EngineError
 from workers.tiers import ServedTier
 
@@ -73,14 +73,15 @@ class TierProcessor:
         finished = utcnow()
         return Result(
             **ref, status="ok", response=response, usage=usage,
-            cost_usd=self.served.cost_usd(usage.prompt_tokens, usage.completion_tokens), model_latency_ms=latency_ms,
+            cost_usd=self.served.cost_usd(usage.prompt_tokens, usage.completion_tokens),
+            model_latency_ms=latency_ms,
             end_to_end_ms=(finished - item.submitted_at).total_seconds() * 1000,
             finished_at=finished,
         )
 
 
 async def run_tier_worker(processor: TierProcessor, kafka: KafkaSettings, *,
-                          dlq_limit: DlqLimitSettings | None = None, stop: asyncio.Event | None = None,
+                          dlq_limit: DlqLimitSettings = DlqLimitSettings(), stop: asyncio.Event | None = None,
                           on_ready: Callable[[], None] | None = None) -> None:
     """Answer work.<tier> until SIGTERM/SIGINT (or `stop`); results are produced and acked
     before the batch's offsets are committed."""
@@ -97,7 +98,6 @@ async def run_tier_worker(processor: TierProcessor, kafka: KafkaSettings, *,
     stage = Stage(processor.stage, processor.process, produce, lambda out: out.dead_letter)
     try:
         await run_stage(stage, consumer, max_records=processor.max_in_flight, timeout_ms=500,
-                        limit=DlqLimit(dlq_limit or DlqLimitSettings(), processor.stage), stop=stop,
-                        on_ready=on_ready)
+                        dlq_limit=dlq_limit, stop=stop, on_ready=on_ready)
     finally:
         await producer.stop()
