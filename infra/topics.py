@@ -16,6 +16,9 @@ DECISIONS = "decisions"
 RESULTS = "results"
 FEEDBACK = "feedback"
 DLQ = "dlq"
+# Router versions, keyed by version: compacted on Kafka; the embedded broker does not compact,
+# so readers keep the latest value per key themselves.
+ROUTER_MODELS = "router.models"
 
 
 def work_topic(tier: Tier) -> str:
@@ -39,6 +42,7 @@ def all_topics() -> list[TopicSpec]:
         TopicSpec(RESULTS, 4, retention),
         TopicSpec(FEEDBACK, 4, retention),
         TopicSpec(DLQ, 1, {"retention.ms": str(4 * WEEK_MS)}),
+        TopicSpec(ROUTER_MODELS, 1, {"cleanup.policy": "compact"}),
     ]
 
 
@@ -80,3 +84,7 @@ class Topics:
     @property
     def dlq(self) -> str:
         return self.name(DLQ)
+
+    @property
+    def router_models(self) -> str:
+        return self.name(ROUTER_MODELS)

@@ -18,9 +18,12 @@ import router.stacking  # noqa: F401  (registers the stacked estimator)
 
 FORMAT = "switchyard-router/1"
 ARTIFACTS_DIR = Path(__file__).parent / "artifacts"
-# The live stream's default: fitted on all train rows of LLMRouter's dcrouter set (open 7B–70B
-# models tiered by size, graded queries like the live traffic's: GSM8K, MMLU, NQ, TriviaQA, MBPP…).
+# The live stream's default: fitted on outcomes of the three local models that serve the tiers
+# (`make default-router`; data in switchyard/data/local_outcomes.jsonl.gz).
 DEFAULT_DIR = ARTIFACTS_DIR / "default"
+# Fitted on all train rows of LLMRouter's dcrouter set (open 7B–70B models tiered by size): the
+# learning experiment's starting point, a router that knows nothing of the local models.
+DCROUTER_DIR = ARTIFACTS_DIR / "dcrouter"
 # The same router fitted on the RouterBench subset (API + open models, real per-call costs).
 ROUTERBENCH_DIR = ARTIFACTS_DIR / "routerbench"
 
@@ -121,5 +124,37 @@ def load_router(directory: str | Path) -> LearnedRouter:
 
 
 def load_default() -> LearnedRouter:
-    """The shipped default router (fitted on all train rows of llmrouter_dcrouter)."""
+    """The shipped default router (fitted on outcomes of the local models)."""
     return load_router(DEFAULT_DIR)
+
+
+def to_bytes(router: LearnedRouter) -> bytes:
+    """The artifact as one zip (router.json + arrays.npz), for a Kafka message or a table cell."""
+    import io
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_router(router, tmp)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:  # arrays.npz is compressed already
+            for name in ("router.json", "arrays.npz"):
+                z.write(Path(tmp) / name, name)
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes) -> LearnedRouter:
+    import io
+    import tempfile
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise ArtifactError(f"not a router artifact: {exc}") from None
+    with tempfile.TemporaryDirectory() as tmp, archive:
+        for name in ("router.json", "arrays.npz"):
+            if name not in archive.namelist():
+                raise ArtifactError(f"router artifact lacks {name}")
+            (Path(tmp) / name).write_bytes(archive.read(name))
+        return load_router(tmp)

@@ -60,6 +60,12 @@ class LearnedRouter:
     version: str = ""
     meta: dict = field(default_factory=dict)
 
+    @property
+    def default_alpha(self) -> float:
+        """The knob a request without one gets: fitted per router when its fit chose an operating
+        point (see `choose_default_alpha`), else DEFAULT_ALPHA."""
+        return float(self.meta.get("default_alpha", DEFAULT_ALPHA))
+
     # ---------------------------------------------------------------- predictions
     def predict(self, texts: Sequence[str], embeddings: np.ndarray) -> Prediction:
         emb = np.asarray(embeddings, dtype=np.float32)
@@ -85,7 +91,7 @@ class LearnedRouter:
             if self.calibration is None:
                 raise KnobError(f"router {self.name!r} has no budget calibration")
             return setting_for_cost(self.calibration, self.policy, float(budget_usd))
-        a = DEFAULT_ALPHA if alpha is None else float(alpha)
+        a = self.default_alpha if alpha is None else float(alpha)
         if self.calibration is None:
             return a if self.policy == NORMALIZED else _uncalibrated_lambda(a, self.cost_model)
         return setting_for_alpha(self.calibration, self.policy, a)
@@ -174,6 +180,23 @@ class LearnedRouter:
         return [(float(a), self.setting(alpha=float(a))) for a in alphas]
 
 
+def choose_default_alpha(router: LearnedRouter, quality_share: float) -> float:
+    """The cheapest calibrated operating point whose out-of-fold quality reaches `quality_share`
+    of the best out-of-fold quality any operating point reaches, as an α (the knob requests
+    without one get)."""
+    cal = router.calibration
+    if cal is None or router.policy != UTILITY:
+        raise ValueError("choosing a default operating point needs a calibrated utility router")
+    target = quality_share * float(cal.mean_quality.max())
+    ok = np.flatnonzero(cal.mean_quality >= target)
+    cost = float(cal.mean_cost[ok].min()) if len(ok) else float(cal.mean_cost[np.argmax(cal.mean_quality)])
+    mono = cal.monotone_cost(rising=False)
+    lo, hi = max(mono[-1], 1e-12), max(mono[0], 1e-12)
+    if hi <= lo:
+        return 1.0
+    return float(np.clip((np.log(max(cost, lo)) - np.log(lo)) / (np.log(hi) - np.log(lo)), 0.0, 1.0))
+
+
 def _uncalibrated_lambda(alpha: float, cost_model: CostModel) -> float:
     if alpha >= 1:
         return 0.0
@@ -214,8 +237,10 @@ def fit_router(
     calibrate_budget: bool = True,
     n_folds: int = 5,
     seed: int = 0,
+    tiers: dict[str, Tier] | None = None,
 ) -> LearnedRouter:
-    """Fit one router kind on a routing table (all its rows are training rows)."""
+    """Fit one router kind on a routing table (all its rows are training rows). `tiers` maps
+    each model to the tier that serves it (default: the registry, else cost terciles)."""
     if kind not in ROUTER_KINDS:
         raise ValueError(f"unknown router kind {kind!r}; known: {', '.join(ROUTER_KINDS)}")
     make, policy = ROUTER_KINDS[kind]
@@ -237,8 +262,8 @@ def fit_router(
             else:
                 uq, uc = normalize_rows(oof_q), normalize_rows(oof_cost)
         calibration = calibrate(policy, oof_q, oof_cost, table.scores, table.costs, uq, uc)
-    tiers = assign_tiers(table.models, dict(zip(table.models, table.costs.mean(axis=0))))
-    router = LearnedRouter(kind, list(table.models), tiers, quality, cost_model, policy, calibration)
+    tiers = tiers or assign_tiers(table.models, dict(zip(table.models, table.costs.mean(axis=0))))
+    router = LearnedRouter(kind, list(table.models), dict(tiers), quality, cost_model, policy, calibration)
     router.meta = {
         "dataset": table.dataset,
         "n_train_queries": len(table),

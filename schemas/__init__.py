@@ -9,6 +9,7 @@ from schemas.messages import (
     QueryRequest,
     Result,
     RoutingDecision,
+    RouterVersion,
     RoutingPolicy,
     Usage,
     WorkItem,
@@ -17,5 +18,5 @@ from schemas.messages import (
 __all__ = [
     "SCHEMA_VERSION", "TIERS", "Tier", "encode", "request_id_for",
     "BatchRequestLine", "ChatCompletionBody", "ChatMessage", "DeadLetter", "Feedback",
-    "QueryRequest", "Result", "RoutingDecision", "RoutingPolicy", "Usage", "WorkItem",
+    "QueryRequest", "Result", "RouterVersion", "RoutingDecision", "RoutingPolicy", "Usage", "WorkItem",
 ]

@@ -97,6 +97,9 @@ class RoutingDecision(_RequestRef):
     scores: dict[str, float] = Field(default_factory=dict)
     policy: RoutingPolicy = Field(default_factory=RoutingPolicy)
     prompt_chars: int
+    explored: bool = Field(default=False, description="an exploration pick, off the router's policy")
+    propensity: float = Field(default=1.0, gt=0, le=1,
+                              description="the probability that the logging policy picked this tier")
     submitted_at: datetime
     decided_at: datetime = Field(default_factory=utcnow)
 
@@ -165,10 +168,32 @@ class Feedback(_Message):
     request_id: str
     job_id: str
     source: Literal["label", "rating", "auto_grade"]
-    score: float = Field(ge=0, le=1)
+    score: float = Field(ge=0, le=1, allow_inf_nan=False)
     metric: str | None = None
     comment: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class RouterVersion(_Message):
+    """A retrained router candidate and the gate's verdict, on `router.models` (keyed by version).
+
+    Published versions carry the artifact (a zip of router.json and arrays.npz, base64); the
+    router stream swaps to the latest published one. Refused ones carry the reason, no artifact."""
+
+    version: str = Field(min_length=1)
+    parent_version: str = ""
+    verdict: Literal["published", "refused"]
+    reason: str = ""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    n_outcomes: int = 0
+    artifact_base64: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _published_has_artifact(self) -> RouterVersion:
+        if self.verdict == "published" and not self.artifact_base64:
+            raise ValueError("a published version needs its artifact")
+        return self
 
 
 # --- dead letters ------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ def make_consumer(kafka: KafkaSettings, group: str, *topics: str) -> AIOKafkaCon
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         max_poll_interval_ms=600_000,
+        # router.models carries whole router artifacts (a few MB)
+        max_partition_fetch_bytes=32 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
     )
 
 

@@ -15,6 +15,7 @@ import faust
 
 from streams.config import DlqLimitSettings, KafkaSettings
 from streams.records import Output, RawRecord
+from streams.router_models import ModelFollower
 from streams.routing import STAGE, RouterProcessor
 from streams.runtime import DlqLimit, Stage, process_batch
 
@@ -49,10 +50,19 @@ def build_app(kafka: KafkaSettings, processor: RouterProcessor, *, batch_size: i
     stage = Stage(STAGE, lambda records: asyncio.to_thread(processor.process, records), send,
                   lambda out: out.dead_letter)
 
+    # Hot reload: start on the latest published router version, then follow the topic.
+    follower = ModelFollower(kafka, processor.swap, processor.router.version)
+
     @app.task
-    async def announce_ready() -> None:
-        if on_ready:
-            on_ready()
+    async def follow_router_models() -> None:
+        await follower.start()
+        try:
+            await follower.catch_up()
+            if on_ready:
+                on_ready()
+            await follower.follow()
+        finally:
+            await follower.stop()
 
     @app.agent(queries)
     async def route(stream):

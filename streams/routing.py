@@ -12,6 +12,7 @@ import numpy as np
 
 from infra.topics import Topics
 from router.base import Knobs, Router, RoutingError
+from router.explore import explore
 from schemas import QueryRequest, RoutingDecision, WorkItem, encode
 from schemas.common import utcnow
 from schemas.validation import InvalidMessage, parse_query
@@ -32,15 +33,27 @@ def knobs_for(request: QueryRequest) -> Knobs:
     )
 
 
+def explorable(knobs: Knobs) -> bool:
+    """Exploration never overrides what a request asked for: a pinned tier or a model list."""
+    return knobs.pinned_tier is None and knobs.allowed_models is None
+
+
 class RouterProcessor:
     def __init__(self, router: Router, embed: EmbedFn, served_models: dict[str, str],
-                 topics: Topics = Topics()):
+                 topics: Topics = Topics(), explore_rate: float = 0.0):
         self.router = router
         self.embed = embed
         self.served_models = served_models  # tier -> the model that serves it
         self.topics = topics
+        self.explore_rate = explore_rate
+
+    def swap(self, router: Router) -> None:
+        """Use `router` from the next micro-batch on (a batch in flight keeps the one it started with)."""
+        log.info("router swapped: %s -> %s", self.router.version, router.version)
+        self.router = router
 
     def process(self, records: Sequence[RawRecord]) -> list[Output]:
+        router = self.router  # one version per micro-batch, whatever `swap` does meanwhile
         outputs: list[Output] = []
         valid: list[tuple[RawRecord, QueryRequest]] = []
         for record in records:
@@ -54,7 +67,7 @@ class RouterProcessor:
         embeddings = self.embed(texts)
         knobs = [knobs_for(req) for _, req in valid]
         try:
-            choices = self.router.route(texts, embeddings, knobs)
+            choices = router.route(texts, embeddings, knobs)
         except RoutingError:
             # One request's knobs can't be honoured (e.g. an allowed-model list naming no model
             # the router knows): route one by one so only that request is dead-lettered. Any
@@ -62,28 +75,35 @@ class RouterProcessor:
             choices = []
             for i, (record, req) in enumerate(valid):
                 try:
-                    choices.append(self.router.route([texts[i]], embeddings[i : i + 1], [knobs[i]])[0])
+                    choices.append(router.route([texts[i]], embeddings[i : i + 1], [knobs[i]])[0])
                 except RoutingError as exc:
                     choices.append(None)
                     outputs.append(dead_letter(STAGE, f"cannot route: {exc}", record, self.topics.dlq,
                                                req.job_id))
         decided_at = utcnow()
-        for (record, req), choice in zip(valid, choices):
+        for i, ((record, req), choice) in enumerate(zip(valid, choices)):
             if choice is None:
                 continue
+            explored, propensity = False, 1.0
+            if explorable(knobs[i]):
+                pick = explore(req.request_id, choice.tier, self.explore_rate)
+                explored, propensity = pick.explored, pick.propensity
+                if pick.tier != choice.tier:
+                    choice = router.route([texts[i]], embeddings[i : i + 1],
+                                          [Knobs(pinned_tier=pick.tier)])[0]
             key = req.request_id.encode()
             ref = dict(request_id=req.request_id, job_id=req.job_id, tenant=req.tenant,
                        custom_id=req.custom_id)
             decision = RoutingDecision(
                 **ref, tier=choice.tier, cluster=choice.cluster, router_model=choice.model,
-                served_model=self.served_models[choice.tier], router_version=self.router.version,
+                served_model=self.served_models[choice.tier], router_version=router.version,
                 predicted_quality=choice.predicted_quality,
                 predicted_cost_usd=choice.predicted_cost_usd, scores=choice.scores,
                 policy=req.routing, prompt_chars=len(req.body.prompt_text()),
-                submitted_at=req.submitted_at, decided_at=decided_at,
+                explored=explored, propensity=propensity, submitted_at=req.submitted_at, decided_at=decided_at,
             )
             work = WorkItem(
-                **ref, tier=choice.tier, body=req.body, router_version=self.router.version,
+                **ref, tier=choice.tier, body=req.body, router_version=router.version,
                 submitted_at=req.submitted_at, decided_at=decided_at,
             )
             # Work first: a decision without work would claim routing that never happened.

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from infra.clickhouse import apply_schema, connect
-from infra.topics import DECISIONS, DLQ, FEEDBACK, QUERIES, RESULTS, Topics
-from schemas import DeadLetter, Feedback, Result, RoutingDecision
+from infra.topics import DECISIONS, DLQ, FEEDBACK, QUERIES, RESULTS, ROUTER_MODELS, Topics
+from schemas import DeadLetter, Feedback, Result, RouterVersion, RoutingDecision
 from schemas.validation import InvalidMessage, parse_message, parse_query
 from streams.config import DlqLimitSettings, KafkaSettings
 from streams.kafka import make_consumer
@@ -81,11 +81,18 @@ def _feedback_row(f: Feedback) -> Row:
         metric=f.metric or "", comment=f.comment or "", created_at=f.created_at))
 
 
+def _router_version_row(v: RouterVersion) -> Row:
+    values = v.model_dump(exclude={"schema_version", "metrics"})
+    values["metrics"] = json.dumps(v.metrics, default=str)
+    return Row("router_versions", values)
+
+
 _PARSERS = {
     DECISIONS: (RoutingDecision, _decision_row),
     RESULTS: (Result, _result_row),
     FEEDBACK: (Feedback, _feedback_row),
     DLQ: (DeadLetter, _dead_letter_values),
+    ROUTER_MODELS: (RouterVersion, _router_version_row),
 }
 
 
@@ -100,6 +107,27 @@ def to_rows(record: RawRecord, topics: Topics = Topics()) -> Row | None:
         except InvalidMessage as exc:
             row = _dead_letter_row(record, exc.reason)
     return None if row is None else replace(row, origin=record)
+
+
+KNOWN_REQUESTS = "SELECT DISTINCT request_id FROM requests WHERE request_id IN {ids:Array(String)}"
+
+
+def check_feedback(rows: list[Row], known: set[str]) -> list[Row]:
+    """Feedback must name a request Switchyard has seen (stored, or in this batch); any other is
+    dead-lettered with the reason instead of becoming a training row for nothing."""
+    known = known | {r.values["request_id"] for r in rows if r.table == "requests"}
+    checked = []
+    for row in rows:
+        if row.table == "feedback" and row.values["request_id"] not in known and row.origin is not None:
+            row = replace(_dead_letter_row(row.origin, f"feedback for unknown request id "
+                                                       f"{row.values['request_id']!r}", row.values["job_id"]),
+                          origin=row.origin)
+        checked.append(row)
+    return checked
+
+
+def feedback_ids(rows: list[Row]) -> list[str]:
+    return sorted({r.values["request_id"] for r in rows if r.table == "feedback"})
 
 
 class ClickHouseWriter:
@@ -133,12 +161,18 @@ class ClickHouseWriter:
             self._insert("dead_letters", refused)
         return refused
 
+    def known_requests(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        result = self.client.query(KNOWN_REQUESTS, parameters={"ids": ids})
+        return {r[0] for r in result.result_rows}
+
     def _insert(self, table: str, rows: list[Row]) -> None:
         columns = list(rows[0].values)
         self.client.insert(table, [[r.values[c] for c in columns] for r in rows], column_names=columns)
 
 
-SINK_TOPICS = (QUERIES, DECISIONS, RESULTS, FEEDBACK, DLQ)
+SINK_TOPICS = (QUERIES, DECISIONS, RESULTS, FEEDBACK, DLQ, ROUTER_MODELS)
 
 
 async def run_sink(kafka: KafkaSettings, clickhouse_dsn: str, *, batch_size: int, flush_seconds: float,
@@ -158,8 +192,16 @@ async def run_sink(kafka: KafkaSettings, clickhouse_dsn: str, *, batch_size: int
             async with lock:
                 await asyncio.to_thread(writer.write, rows)
 
-    stage = Stage(STAGE, lambda records: [row for r in records if (row := to_rows(r, topics)) is not None],
-                  write, lambda row: row.dead_letter)
+    async def process(records: list[RawRecord]) -> list[Row]:
+        rows = [row for r in records if (row := to_rows(r, topics)) is not None]
+        ids = feedback_ids(rows)
+        if ids:
+            async with lock:
+                known = await asyncio.to_thread(writer.known_requests, ids)
+            rows = check_feedback(rows, known)
+        return rows
+
+    stage = Stage(STAGE, process, write, lambda row: row.dead_letter)
     consumer = make_consumer(kafka, "switchyard-sink", *map(topics.name, SINK_TOPICS))
     await consumer.start()
     try:

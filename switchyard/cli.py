@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from schemas.common import TIERS
+from switchyard.cli_learning import experiment_app, feedback, retrain_command
 from switchyard.cli_router import bench_app, router_app
 from switchyard.console import console, fail, kafka_for_cli, out, outcomes_table, submit_job
 from switchyard.settings import Settings, get_settings
@@ -23,6 +24,9 @@ stage_app = typer.Typer(help="Run one stage of the stack (used by `switchyard up
 app.add_typer(stage_app, name="stage")
 app.add_typer(router_app, name="router")
 app.add_typer(bench_app, name="bench")
+app.add_typer(experiment_app, name="experiment")
+app.command("feedback")(feedback)
+app.command("retrain")(retrain_command)
 
 
 @bench_app.command("pipeline")
@@ -288,6 +292,14 @@ def stage_worker(tier: str = typer.Option(..., help="small | medium | large")) -
     if tier not in TIERS:
         fail(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}")
     _run_stage(f"worker-{tier}", lambda settings, ready: run_worker(tier, settings, ready))  # type: ignore[arg-type]
+
+
+@stage_app.command("retrainer")
+def stage_retrainer() -> None:
+    """Retrain every N new feedback rows or T minutes (settings.retrain)."""
+    from switchyard.stages import run_retrainer
+
+    _run_stage("retrainer", run_retrainer)
 
 
 @stage_app.command("serve")

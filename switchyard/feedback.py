@@ -51,7 +51,8 @@ def auto_grade(results: Iterable[Result], references: dict[str, Reference]) -> l
             score, comment = 0.0, f"no answer: {result.error}"
         else:
             g = grade(result.answer_text(), ref.ground_truth, ref.metric, ref.choices, ref.query)
-            score, comment = g.score, f"extracted: {g.extracted!r}"[:500]
+            detail = f"; {g.detail}" if g.detail else ""
+            score, comment = g.score, f"extracted: {g.extracted!r}"[:400] + detail[:400]
         feedback.append(Feedback(request_id=request_id_for(result.job_id, result.custom_id),
                                  job_id=result.job_id, source="auto_grade", score=score,
                                  metric=ref.metric, comment=comment))
@@ -62,3 +63,50 @@ async def publish_feedback(kafka: KafkaSettings, feedback: list[Feedback]) -> No
     topic = kafka.topics.feedback
     async with producing(kafka) as producer:
         await produce_all(producer, (Output(topic, f.request_id.encode(), encode(f)) for f in feedback))
+
+
+THUMBS = {"up": 1.0, "down": 0.0}
+
+
+def feedback_lines(job_id: str, lines: list[bytes], source: str = "rating") -> list[tuple[bytes, bytes, str | None]]:
+    """A user's feedback file → (key, message, problem) per line. Lines are `{"custom_id", "score"}`
+    with a score in [0, 1], or `{"custom_id", "thumbs": "up" | "down"}`, and an optional comment.
+    A line with a problem is still sent, as written plus the job, so the sink dead-letters it with
+    the reason and nothing a user sent disappears."""
+    from pydantic import ValidationError
+
+    from schemas.validation import describe
+
+    out = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            out.append((f"{job_id}:line-{number}".encode(), line, f"line {number}: not JSON ({exc})"))
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("custom_id"), str):
+            out.append((f"{job_id}:line-{number}".encode(), line, f"line {number}: needs a string custom_id"))
+            continue
+        request_id = request_id_for(job_id, row["custom_id"])
+        score = THUMBS.get(row["thumbs"]) if "thumbs" in row else row.get("score")
+        raw = {"request_id": request_id, "job_id": job_id, "source": source, "score": score,
+               "metric": "thumbs" if "thumbs" in row else "user_score", "comment": row.get("comment")}
+        problem = None
+        if "thumbs" in row and score is None:
+            problem = f"line {number}: thumbs must be 'up' or 'down', got {row['thumbs']!r}"
+        else:
+            try:
+                Feedback.model_validate(raw)
+            except ValidationError as exc:
+                problem = f"line {number}: {describe(exc)}"
+        out.append((request_id.encode(), json.dumps(raw).encode(), problem))
+    return out
+
+
+async def publish_lines(kafka: KafkaSettings, job_id: str, messages: list[tuple[bytes, bytes]]) -> int:
+    from schemas.common import HEADER_JOB_ID
+
+    topic = kafka.topics.feedback
+    headers = ((HEADER_JOB_ID, job_id.encode()),)
+    async with producing(kafka) as producer:
+        return await produce_all(producer, (Output(topic, k, v, headers) for k, v in messages))

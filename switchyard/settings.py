@@ -12,7 +12,7 @@ from streams.config import DlqLimitSettings, KafkaSettings
 from workers.config import TierModel, WorkerSettings
 
 __all__ = ["Settings", "get_settings", "KafkaSettings", "DlqLimitSettings", "TierModel", "WorkerSettings",
-           "ClickHouseSettings", "RouterSettings", "DlqLimits"]
+           "ClickHouseSettings", "RouterSettings", "RetrainSettings", "DlqLimits"]
 
 
 class ClickHouseSettings(BaseModel):
@@ -27,6 +27,23 @@ class RouterSettings(BaseModel):
     artifact_dir: Path | None = None  # None: the default artifact shipped in router/artifacts
     embed_batch_size: int = 32
     embed_max_wait_seconds: float = 0.05
+    # Share of requests routed to a tier drawn at random, so retraining sees every tier's outcomes
+    # (recorded with the propensity it corrects for). 0 disables exploration.
+    explore_rate: float = Field(default=0.05, ge=0, le=1)
+
+
+class RetrainSettings(BaseModel):
+    """The retrain schedule of `switchyard up` and the options of every retrain."""
+
+    enabled: bool = True
+    every_feedback: int = Field(default=500, ge=1, description="retrain after this many new feedback rows")
+    every_minutes: float = Field(default=180.0, gt=0, description="or after this long, if any feedback is new")
+    poll_seconds: float = Field(default=30.0, gt=0)
+    holdout_share: float = Field(default=0.25, gt=0, lt=1)
+    min_outcomes: int = Field(default=40, ge=1)
+    quality_share: float = Field(default=0.95, gt=0, le=1)
+    use_prior: bool = True
+    prior_path: Path | None = None  # None: the shipped outcomes of the local models
 
 
 class DlqLimits(BaseModel):
@@ -47,6 +64,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     dlq_limits: DlqLimits = Field(default_factory=DlqLimits)
 
     @property

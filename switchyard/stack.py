@@ -112,6 +112,8 @@ class Stack:
             "router": Stage("router", ["router"]),
             **{f"worker-{t}": Stage(f"worker-{t}", ["worker", "--tier", t]) for t in TIERS},
         }
+        if s.retrain.enabled:
+            self.stages["retrainer"] = Stage("retrainer", ["retrainer"])
         for stage in self.stages.values():
             self._start_stage(stage)
         for stage in self.stages.values():

@@ -16,43 +16,30 @@ log = logging.getLogger(__name__)
 Ready = Callable[[str], None]  # called with what a waiting parent may want to read (or "ok")
 
 
-def load_router(settings: Settings):
-    """The configured artifact, else the shipped default artifact, else the heuristic."""
-    from router.artifact import ArtifactError, load_default, load_router as load_dir
-
-    if settings.router.artifact_dir is not None:
-        return load_dir(settings.router.artifact_dir)  # configured: a broken one must fail loudly
-    try:
-        return load_default()
-    except (ArtifactError, FileNotFoundError) as exc:
-        log.warning("no usable shipped router artifact (%s); using the heuristic router", exc)
-    from router.heuristic import HeuristicRouter
-
-    return HeuristicRouter()
-
-
 def router_processor(settings: Settings):
     from router.embeddings import embed, load_encoder
     from streams.routing import RouterProcessor
     from workers.tiers import served_models
+
+    from switchyard.live_router import load_router
 
     router = load_router(settings)
     encoder = load_encoder()
     batch_size = settings.router.embed_batch_size
     return RouterProcessor(
         router, lambda texts: embed(texts, encoder=encoder, batch_size=batch_size, use_cache=False),
-        served_models(settings.workers), settings.kafka.topics)
+        served_models(settings.workers), settings.kafka.topics, settings.router.explore_rate)
 
 
 def run_router(settings: Settings, ready: Ready) -> None:
     from streams.router_app import build_app, run
 
     processor = router_processor(settings)
-    version = processor.router.version
-    log.info("router stream using router %s", version)
+    log.info("router stream starting with router %s (newer published versions replace it)",
+             processor.router.version)
     run(build_app(settings.kafka, processor, batch_size=settings.router.embed_batch_size,
                   max_wait_seconds=settings.router.embed_max_wait_seconds, data_dir=settings.data_dir,
-                  dlq_limit=settings.dlq_limits.router, on_ready=lambda: ready(version)))
+                  dlq_limit=settings.dlq_limits.router, on_ready=lambda: ready(processor.router.version)))
 
 
 def run_sink(settings: Settings, ready: Ready) -> None:
@@ -94,3 +81,51 @@ def run_serve(settings: Settings, ready: Ready) -> None:
         pass
     finally:
         stop_serve(settings.workers.ray_temp_dir)
+
+
+def retrain_due(r, new_feedback: int, seconds_since_last: float) -> bool:
+    return new_feedback >= r.every_feedback or (new_feedback > 0 and seconds_since_last >= r.every_minutes * 60)
+
+
+def run_retrainer(settings: Settings, ready: Ready) -> None:
+    """The schedule: retrain when `every_feedback` feedback rows arrived since the last verdict, or
+    `every_minutes` passed since it with any new one (counted from ClickHouse, so a restart of
+    this stage loses nothing). A failed retrain is logged and tried again at the next trigger; it
+    never takes the stage down."""
+    from switchyard.retrain import SINCE_LAST_RETRAIN, RetrainError, retrain_once, retrain_options
+    from switchyard.warehouse import Warehouse, WarehouseError
+
+    r = settings.retrain
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    started = time.monotonic()
+    not_before = 0.0  # after a retrain that produced no verdict, wait a whole period
+    ready("ok")
+    while not stopping:
+        time.sleep(r.poll_seconds)
+        if time.monotonic() < not_before:
+            continue
+        try:
+            wh = Warehouse.open(settings)
+            try:
+                row = wh.rows(SINCE_LAST_RETRAIN)[0]
+            finally:
+                wh.close()
+        except (WarehouseError, OSError) as exc:
+            log.warning("retrainer cannot read the feedback count: %s", exc)
+            continue
+        new = int(row["new_feedback"])
+        waited = row["seconds_since"] if row["seconds_since"] is not None else time.monotonic() - started
+        if not retrain_due(r, new, waited):
+            continue
+        log.info("retraining: %d new feedback rows", new)
+        try:
+            summary = retrain_once(settings, retrain_options(settings), settings.kafka, lambda s: log.info(s))
+            log.info("retrain verdict: %s %s: %s", summary["verdict"], summary["version"], summary["reason"])
+        except RetrainError as exc:
+            log.info("no candidate this time: %s", exc)
+            not_before = time.monotonic() + r.every_minutes * 60
+        except Exception:  # a bug in one retrain must not stop the schedule
+            log.exception("retrain failed")
+            not_before = time.monotonic() + r.every_minutes * 60
+        time.sleep(r.poll_seconds)  # let the sink store the verdict before counting again

@@ -30,10 +30,16 @@ CREATE TABLE IF NOT EXISTS decisions (
     scores Map(String, Float64),
     policy String,
     prompt_chars UInt32,
+    explored Bool DEFAULT false,
+    propensity Float64 DEFAULT 1,
     submitted_at DateTime64(3, 'UTC'),
     decided_at DateTime64(3, 'UTC')
 ) ENGINE = ReplacingMergeTree(decided_at)
 ORDER BY (job_id, request_id);
+
+-- Tables created before exploration existed get its columns.
+ALTER TABLE decisions ADD COLUMN IF NOT EXISTS explored Bool DEFAULT false;
+ALTER TABLE decisions ADD COLUMN IF NOT EXISTS propensity Float64 DEFAULT 1;
 
 CREATE TABLE IF NOT EXISTS results (
     request_id String,
@@ -81,3 +87,36 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     created_at DateTime64(3, 'UTC')
 ) ENGINE = ReplacingMergeTree(created_at)
 ORDER BY (stage, topic, partition, offset);
+
+-- Every retrained candidate and the gate's verdict (from router.models): published versions
+-- keep their artifact, so a fresh broker can be given the live version back.
+CREATE TABLE IF NOT EXISTS router_versions (
+    version String,
+    parent_version String,
+    verdict LowCardinality(String),
+    reason String,
+    metrics String,
+    n_outcomes UInt32,
+    artifact_base64 String,
+    created_at DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(created_at)
+ORDER BY (version, verdict);
+
+-- The router's training rows: one per graded answer, joining the decision (tier, exploration,
+-- propensity, version), the result (served model, cost, latency), the request (its body, for
+-- the query text) and the request's feedback (mean score over sources).
+CREATE VIEW IF NOT EXISTS training_outcomes AS
+SELECT
+    d.request_id AS request_id, d.job_id AS job_id, d.tenant AS tenant, d.custom_id AS custom_id, q.body AS body,
+    d.tier AS tier, r.model AS served_model, r.status AS status, f.score AS score,
+    f.sources AS feedback_sources, r.cost_usd AS cost_usd, r.completion_tokens AS completion_tokens,
+    r.model_latency_ms AS model_latency_ms, r.end_to_end_ms AS end_to_end_ms,
+    d.router_version AS router_version, d.cluster AS cluster, d.explored AS explored,
+    d.propensity AS propensity, f.feedback_at AS feedback_at
+FROM (SELECT * FROM decisions FINAL) AS d
+INNER JOIN (SELECT * FROM results FINAL) AS r ON r.request_id = d.request_id
+INNER JOIN (SELECT request_id, body FROM requests FINAL) AS q ON q.request_id = d.request_id
+INNER JOIN (
+    SELECT request_id, avg(score) AS score, groupUniqArray(source) AS sources, max(created_at) AS feedback_at
+    FROM feedback FINAL GROUP BY request_id
+) AS f ON f.request_id = d.request_id;
