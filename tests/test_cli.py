@@ -75,6 +75,18 @@ def test_up_submit_status_results_and_ctrl_c(tmp_path):
         assert status["dead_letters"] == 1
         assert sum(t["requests"] for t in status["tiers"]) == 2
 
+        # users' feedback: the good line lands, the unknown id is dead-lettered by the sink
+        fb = tmp_path / "fb.jsonl"
+        fb.write_text('{"custom_id": "a", "thumbs": "up"}\n{"custom_id": "ghost", "score": 0.5}\n')
+        sent = _cli("feedback", "cli-job", "--file", str(fb), "--json", env=env)
+        assert sent.returncode == 0 and json.loads(sent.stdout) == {"job_id": "cli-job", "sent": 2, "invalid": 0}
+        deadline = time.monotonic() + 60
+        while json.loads(_cli("status", "cli-job", "--json", env=env).stdout)["dead_letters"] < 2:
+            assert time.monotonic() < deadline, "feedback for an unknown request was not dead-lettered"
+            time.sleep(0.5)
+        few = _cli("retrain", "--dry-run", env=env)
+        assert few.returncode == 1 and "retraining needs at least" in few.stderr, few.stderr
+
         missing = _cli("submit", str(tmp_path / "nope.jsonl"), env=env)
         assert missing.returncode == 2 and "no such file" in missing.stderr
 

@@ -77,7 +77,7 @@ def test_route_errors_on_bad_queries_and_unknown_models(tmp_path):
     assert r.exit_code == 2 and "empty or missing query_text" in r.output
     q = write_jsonl(tmp_path / "q2.jsonl", [{"query_id": "a", "query_text": "hi"}])
     r = run("router", "route", "--router", DEFAULT_DIR, "--queries", q, "--out", tmp_path / "o.jsonl",
-            "--allowed-models", "llama3-chatqa-1.5-70b,gpt-9")
+            "--allowed-models", "qwen2.5-coder-1.5b,gpt-9")
     assert r.exit_code == 2 and "unknown model(s) gpt-9" in r.output
     r = run("router", "route", "--router", tmp_path, "--queries", q, "--out", tmp_path / "o.jsonl")
     assert r.exit_code == 2 and "not a router directory" in r.output

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router.artifact import ROUTERBENCH_DIR, load_default, load_router
+from router.artifact import DCROUTER_DIR, ROUTERBENCH_DIR, load_default, load_router
 from router.base import TIERS, Knobs
 from router.embeddings import DIM, embed, embedding_text
 
@@ -16,20 +16,26 @@ def load_routerbench():
     return load_router(ROUTERBENCH_DIR)
 
 
-def test_default_artifact_is_the_dcrouter_router_and_routes(tmp_path):
+def test_default_artifact_knows_the_local_models_and_routes(tmp_path):
+    from workers.models import LOCAL_MODELS
+
     router = load_default()
-    assert router.version and router.meta["dataset"] == "llmrouter_dcrouter"
-    assert set(router.tiers.values()) == set(TIERS)
-    assert router.tiers["llama3-chatqa-1.5-70b"] == "large" and router.tiers["qwen2.5-7b-instruct"] == "small"
-    assert router.tiers["llama-3.3-nemotron-super-49b-v1"] == "medium"
+    assert router.version and router.meta["dataset"] == "local"
+    assert router.tiers == {m.name: tier for tier, m in LOCAL_MODELS.items()}
+    assert 0 < router.default_alpha < 1  # an operating point chosen by the fit, not the 0.5 fallback
     texts = ["Write a python function to check whether a number is prime.",
              "Which gas do plants absorb?\nA) oxygen\nB) carbon dioxide\nC) helium\nD) neon\nAnswer:"]
     emb = embed(texts, cache_dir=tmp_path)
     best = router.route(texts, emb, [Knobs(alpha=1.0)] * 2)
     cheap = router.route(texts, emb, [Knobs(alpha=0.0)] * 2)
     assert all(c.predicted_cost_usd <= b.predicted_cost_usd for c, b in zip(cheap, best))
+    assert all(c.tier == "small" for c in cheap)
     assert all(c.tier in TIERS and 0 <= c.predicted_quality <= 1 for c in best + cheap)
-    assert all(c.cluster >= 0 for c in best)
+
+
+def test_dcrouter_artifact_is_kept_as_the_experiments_starting_point():
+    router = load_router(DCROUTER_DIR)
+    assert router.meta["dataset"] == "llmrouter_dcrouter" and router.tiers["llama3-chatqa-1.5-70b"] == "large"
 
 
 def test_default_router_uses_all_three_tiers_on_the_sample_job(tmp_path):
@@ -40,6 +46,9 @@ def test_default_router_uses_all_three_tiers_on_the_sample_job(tmp_path):
     choices = router.route(texts, embed(texts, cache_dir=tmp_path), [Knobs()] * len(texts))
     tiers = [c.tier for c in choices]
     assert set(tiers) == set(TIERS), {t: tiers.count(t) for t in TIERS}
+    # what the local models' outcomes taught it: the 135M model does not get math or code
+    tasks = [json.loads(line)["task"] for line in SAMPLE_JOB.with_name("sample_job.grades.jsonl").read_text().splitlines()]
+    assert all(t != "small" for t, task in zip(tiers, tasks) if task in ("gsm8k", "math", "mbpp"))
 
 
 def test_routerbench_artifact_loads_and_routes(tmp_path):
