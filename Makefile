@@ -42,7 +42,7 @@ test-slow: $(STAMP)
 # The learning loop (docs/learning.md). The experiment runs the three real local models: about
 # half an hour on 2 cores. test-experiment runs the same code on the lean stack.
 experiment: $(STAMP)
-	$(BIN)/switchyard experiment learning --queries 42 --rounds 3 --json experiment-learning.json
+	$(BIN)/switchyard experiment learning --queries 70 --rounds 3 --json experiment-learning.json
 
 test-experiment: $(STAMP)
 	$(BIN)/python -m pytest -m experiment

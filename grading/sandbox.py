@@ -141,6 +141,8 @@ def run_sandboxed(code: str, tests: list[str], aliases: dict[str, str] | None = 
                 proc.kill()
             proc.wait()
             return {"ok": False, "stage": "timeout", "error": f"timed out after {timeout:g}s"}
+        if proc.returncode == -signal.SIGXCPU:  # the CPU-seconds limit: a timeout by another clock
+            return {"ok": False, "stage": "timeout", "error": f"timed out: CPU time limit of {cpu}s reached"}
         try:
             result = json.loads((work / "result.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -218,9 +218,13 @@ def picked_tiers(router, texts: Sequence[str], embeddings: np.ndarray, alpha: fl
     return [c.tier for c in router.route(list(texts), embeddings, knobs)]
 
 
+CURVE_MIN_MATCHED = 5  # a sweep point estimated from fewer matched rows is noise, not evidence
+
+
 def judge(router, outcomes: Sequence[Outcome], embeddings: np.ndarray, sweep: int = 11) -> dict:
     """Off-policy metrics of a router on held-back outcomes: its default operating point, the
-    fixed tiers on the same rows, and the bench's curve metrics over an α sweep."""
+    fixed tiers on the same rows, and the bench's curve metrics over an α sweep (points with fewer
+    than CURVE_MIN_MATCHED matched rows left out)."""
     from router.bench.metrics import Reference, curve_metrics
 
     texts = [o.text for o in outcomes]
@@ -229,7 +233,7 @@ def judge(router, outcomes: Sequence[Outcome], embeddings: np.ndarray, sweep: in
     points = []
     for alpha in np.linspace(0, 1, sweep):
         e = snips(picked_tiers(router, texts, embeddings, float(alpha)), outcomes)
-        if np.isfinite(e.quality):
+        if np.isfinite(e.quality) and e.matched >= CURVE_MIN_MATCHED:
             points.append((e.cost_usd, e.quality))
     known = {t: e for t, e in fixed.items() if np.isfinite(e.quality)}
     metrics: dict = {"default": default.as_dict(), "fixed_tiers": {t: e.as_dict() for t, e in fixed.items()},

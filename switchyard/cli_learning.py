@@ -121,7 +121,7 @@ def experiment_learning(
     queries: int = typer.Option(56, help="Graded queries per round (spread over the tasks)."),
     rounds: int = typer.Option(3, min=2),
     json_out: Path = typer.Option(Path("experiment-learning.json"), "--json"),
-    explore_rate: float = typer.Option(0.3, min=0, max=1, help="Exploration share during the experiment."),
+    explore_rate: float = typer.Option(0.5, min=0, max=1, help="Exploration share during the experiment."),
     match_first_cost: bool = typer.Option(True, "--match-first-cost/--default-knob-last",
                                           help="Route the last round at the first round's cost per request."),
     data_dir: Path = typer.Option(Path(".switchyard-experiment"), help="The stack's data dir for this run."),

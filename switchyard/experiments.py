@@ -153,6 +153,31 @@ def round_queries(graded: Path, n: int, rnd: int, exclude: set[str]) -> list[Gra
     return picked[:n] if len(picked) >= n else picked
 
 
+def replay_set(path: Path):
+    """The full-information local outcomes as a table, for judging each round's router exactly on
+    the same queries (the experiment never sends them)."""
+    from router.data import build_table
+    from router.embeddings import embed
+
+    rows = read_outcomes(path)
+    table = build_table(rows)
+    return table, embed(table.texts), {r["model"]: r["tier"] for r in rows}, {r["query_id"]: r.get("task") for r in rows}
+
+
+def replay_curve(router, table, emb, tiers, points: int = 11) -> list[tuple[float, float]]:
+    """(mean cost, mean quality) of the router over an α sweep on full-information outcomes."""
+    from router.base import Knobs
+
+    col = {tiers[m]: j for j, m in enumerate(table.models)}
+    rows = np.arange(len(table))
+    curve = []
+    for alpha in np.linspace(0, 1, points):
+        picks = router.route(table.texts, emb, [Knobs(alpha=float(alpha))] * len(table))
+        chosen = np.array([col[c.tier] for c in picks])
+        curve.append((float(table.costs[rows, chosen].mean()), float(table.scores[rows, chosen].mean())))
+    return curve
+
+
 def round_report(job: GradedJob, tiers_by_request: dict[str, tuple[str, str, bool]]) -> dict:
     """Quality and cost of a round's traffic, all of it and the on-policy part, tier mix per task."""
     s = summary(job)
@@ -187,9 +212,17 @@ def learning_experiment(settings: Settings, graded: Path, n_queries: int, rounds
     settings.retrain.enabled = False  # the experiment retrains between rounds itself
     settings.router.explore_rate = explore_rate
     settings.router.artifact_dir = DCROUTER_DIR  # knows nothing of the local models
-    exclude = sample_job_ids()
+    from router.artifact import load_router
+    from router.bench.metrics import envelope
+    from switchyard.live_router import current_router
+    from switchyard.retrain import SHIPPED_OUTCOMES
+
+    table, emb, tiers, task_of = replay_set(SHIPPED_OUTCOMES)
+    exclude = sample_job_ids() | set(table.query_ids)
     report: dict = {"queries_per_round": n_queries, "rounds": [], "explore_rate": explore_rate,
-                    "start_router": str(settings.router.artifact_dir)}
+                    "start_router": str(settings.router.artifact_dir),
+                    "replay_set": f"{SHIPPED_OUTCOMES.name}: {len(table)} queries answered by every tier"}
+    router = load_router(DCROUTER_DIR)
     started = time.monotonic()
     with Stack(settings) as stack:
         s = stack.settings
@@ -209,6 +242,9 @@ def learning_experiment(settings: Settings, graded: Path, n_queries: int, rounds
                 wh.close()
             by_request = {d["custom_id"]: (d["tier"], d["router_version"], bool(d["explored"])) for d in decisions}
             row = round_report(job, by_request)
+            # the router that served this round, judged exactly on the same unseen queries every round
+            row["replay"] = replay(router, table, emb, tiers, task_of)
+            row["replay"]["curve"] = replay_curve(router, table, emb, tiers)
             row.update(round=rnd, budget_usd=budget, router_versions=dict(Counter(v for _, v, _ in by_request.values())),
                        tier_mix=dict(Counter(t for t, _, _ in by_request.values())))
             if rnd < rounds:
@@ -222,6 +258,11 @@ def learning_experiment(settings: Settings, graded: Path, n_queries: int, rounds
                     row["retrain"] = {"verdict": "no candidate", "reason": str(exc)}
                 if row["retrain"].get("verdict") == "published":
                     wait_for_swap(stack, row["retrain"]["version"])
+                    wh = Warehouse.open(s)
+                    try:
+                        router = current_router(s, wh)
+                    finally:
+                        wh.close()
             report["rounds"].append(row)
             console.print(f"round {rnd}: quality {row['quality']:.3f}, ${row['cost_usd_per_request']:.3g}/request, "
                           f"tiers {row['tier_mix']}, retrain {row.get('retrain', {}).get('verdict', '-')}")
@@ -231,10 +272,20 @@ def learning_experiment(settings: Settings, graded: Path, n_queries: int, rounds
         finally:
             wh.close()
     report["wall_seconds"] = round(time.monotonic() - started, 1)
+    first, last = report["rounds"][0]["replay"], report["rounds"][-1]["replay"]
+    first_cost = first["summary"]["router_cost_usd"]
+    report["last_vs_first"] = {
+        "first_quality": first["summary"]["router_quality"], "first_cost_usd": first_cost,
+        "last_quality_default_knob": last["summary"]["router_quality"],
+        "last_cost_usd_default_knob": last["summary"]["router_cost_usd"],
+        # the last router's sweep read at the first router's cost (the bench's interpolated frontier)
+        "last_quality_at_first_cost": float(envelope(last["curve"], first_cost)[0]),
+    }
     report["rounds_summary"] = [{k: r.get(k) for k in ("round", "budget_usd", "quality", "cost_usd_per_request",
                                                         "on_policy_quality", "on_policy_cost_usd", "tier_mix",
                                                         "router_versions")}
-                                | {"verdict": r.get("retrain", {}).get("verdict")} for r in report["rounds"]]
+                                | {"verdict": r.get("retrain", {}).get("verdict"),
+                                   "replay": r["replay"]["summary"]} for r in report["rounds"]]
     return report
 
 
