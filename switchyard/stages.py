@@ -96,12 +96,15 @@ def run_retrainer(settings: Settings, ready: Ready) -> None:
     from switchyard.warehouse import Warehouse, WarehouseError
 
     r = settings.retrain
-    stopping: list[int] = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+
+    def stop(*_) -> None:  # raising ends a sleep (or a retrain) at once, not after poll_seconds
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     started = time.monotonic()
     not_before = 0.0  # after a retrain that produced no verdict, wait a whole period
     ready("ok")
-    while not stopping:
+    while True:
         time.sleep(r.poll_seconds)
         if time.monotonic() < not_before:
             continue
@@ -125,7 +128,7 @@ def run_retrainer(settings: Settings, ready: Ready) -> None:
         except RetrainError as exc:
             log.info("no candidate this time: %s", exc)
             not_before = time.monotonic() + r.every_minutes * 60
-        except Exception:  # a bug in one retrain must not stop the schedule
+        except Exception:  # a bug in one retrain must not stop the schedule (SystemExit is not one)
             log.exception("retrain failed")
             not_before = time.monotonic() + r.every_minutes * 60
         time.sleep(r.poll_seconds)  # let the sink store the verdict before counting again
