@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from switchyard.console import console, fail, kafka_for_cli, out, progress
-from switchyard.settings import Settings, get_settings
+from switchyard.settings import get_settings
 
 experiment_app = typer.Typer(help="Experiments on the embedded stack with the real local models.",
                              no_args_is_help=True)

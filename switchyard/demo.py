@@ -15,8 +15,9 @@ from switchyard.warehouse import JOB_STATUS, Warehouse, outcomes_sql
 FEEDBACK_N = "SELECT count() AS n FROM feedback FINAL WHERE job_id = {job:String}"
 
 
-def wait_until_stored(settings: Settings, job_id: str, expected: dict[str, int], timeout: float = 120) -> None:
-    """The submitter sees results on Kafka first; the sink writes them a moment later."""
+def wait_until_stored(settings: Settings, job_id: str, expected: dict[str, int], timeout: float = 120) -> bool:
+    """The submitter sees results on Kafka first; the sink writes them a moment later. True once
+    ClickHouse holds the expected counts, False if it still does not after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         wh = Warehouse.open(settings)
@@ -26,8 +27,9 @@ def wait_until_stored(settings: Settings, job_id: str, expected: dict[str, int],
         finally:
             wh.close()
         if all(counts[k] >= n for k, n in expected.items()):
-            return
+            return True
         time.sleep(0.5)
+    return False
 
 
 def references_for(job_file: Path) -> Path | None:

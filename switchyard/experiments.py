@@ -76,19 +76,14 @@ def write_outcomes(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(r, sort_keys=True) + "\n")
 
 
-def read_outcomes(path: Path) -> list[dict]:
-    with gzip.open(path, "rt") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def ship_default(outcomes_path: Path, out_dir: Path, holdout_share: float, console: Console) -> dict:
     """Report the held-back comparison, then fit on every query and save the artifact."""
     from router.artifact import save_router
-    from router.data import build_table
+    from router.data import build_table, load_rows
     from router.embeddings import embed
     from router.outcomes import fit_on_outcomes
 
-    rows = read_outcomes(outcomes_path)
+    rows = load_rows([outcomes_path])
     tiers = {r["model"]: r["tier"] for r in rows}
     task_of = {r["query_id"]: r.get("task") for r in rows}
     table = build_table(rows)
@@ -107,17 +102,21 @@ def ship_default(outcomes_path: Path, out_dir: Path, holdout_share: float, conso
     return report
 
 
+def _replayed(router, table, emb: np.ndarray, tiers: dict[str, str], alpha: float | None = None):
+    """The router's tier per query at one knob, and the realised score and cost of each pick."""
+    from router.base import Knobs
+
+    col = {tiers[m]: j for j, m in enumerate(table.models)}
+    picked = [c.tier for c in router.route(table.texts, emb, [Knobs(alpha=alpha)] * len(table))]
+    rows, chosen = np.arange(len(table)), np.array([col[t] for t in picked])
+    return picked, table.scores[rows, chosen], table.costs[rows, chosen]
+
+
 def replay(router, table, emb: np.ndarray, tiers: dict[str, str], task_of: dict | None = None) -> dict:
     """A router's default picks on full-information outcomes (exact, no estimate), against
     always-small / medium / large on the same queries; per task too."""
-    from router.base import Knobs
-
-    picks = [router.models.index(c.model) if c.model in router.models else None
-             for c in router.route(table.texts, emb, [Knobs()] * len(table))]
+    picked, q, c = _replayed(router, table, emb, tiers)
     col = {tiers[m]: j for j, m in enumerate(table.models)}
-    chosen = np.array([col[router.tiers[router.models[p]]] for p in picks])
-    rows = np.arange(len(table))
-    q, c = table.scores[rows, chosen], table.costs[rows, chosen]
     large = col["large"]
     out = {"summary": {
         "router_quality": round(float(q.mean()), 4), "router_cost_usd": float(c.mean()),
@@ -125,22 +124,18 @@ def replay(router, table, emb: np.ndarray, tiers: dict[str, str], task_of: dict 
         **{f"always_{t}_cost_usd": float(table.costs[:, j].mean()) for t, j in col.items()},
         "quality_vs_large": round(float(q.mean() / max(table.scores[:, large].mean(), 1e-12)), 4),
         "cost_vs_large": round(float(c.mean() / max(table.costs[:, large].mean(), 1e-12)), 4),
-        "tier_mix": dict(Counter(router.tiers[router.models[p]] for p in picks)),
+        "tier_mix": dict(Counter(picked)),
     }}
     if task_of:
-        per_task: dict = defaultdict(lambda: Counter())
-        for i, qid in enumerate(table.query_ids):
-            per_task[task_of.get(qid) or "?"][router.tiers[router.models[picks[i]]]] += 1
+        per_task: dict = defaultdict(Counter)
+        for qid, tier in zip(table.query_ids, picked):
+            per_task[task_of.get(qid) or "?"][tier] += 1
         out["tier_mix_per_task"] = {t: dict(v) for t, v in sorted(per_task.items())}
     return out
 
 
 # --- the learning experiment --------------------------------------------------------------------
 
-ROUND_TIERS = """
-SELECT d.tier AS tier, d.router_version AS router_version, d.explored AS explored, count() AS n
-FROM decisions FINAL AS d WHERE job_id = {job:String} GROUP BY tier, router_version, explored
-"""
 VERSIONS = "SELECT version, verdict, reason FROM router_versions FINAL ORDER BY created_at"
 
 
@@ -150,31 +145,26 @@ def round_queries(graded: Path, n: int, rnd: int, exclude: set[str]) -> list[Gra
     tasks = sorted({q.task for q in all_q})
     per_task = max(1, n // len(tasks))
     picked = sample_per_task(all_q, per_task, seed=1000 + rnd, exclude=exclude)
-    return picked[:n] if len(picked) >= n else picked
+    return picked[:n]
 
 
 def replay_set(path: Path):
     """The full-information local outcomes as a table, for judging each round's router exactly on
     the same queries (the experiment never sends them)."""
-    from router.data import build_table
+    from router.data import build_table, load_rows
     from router.embeddings import embed
 
-    rows = read_outcomes(path)
+    rows = load_rows([path])
     table = build_table(rows)
     return table, embed(table.texts), {r["model"]: r["tier"] for r in rows}, {r["query_id"]: r.get("task") for r in rows}
 
 
 def replay_curve(router, table, emb, tiers, points: int = 11) -> list[tuple[float, float]]:
     """(mean cost, mean quality) of the router over an α sweep on full-information outcomes."""
-    from router.base import Knobs
-
-    col = {tiers[m]: j for j, m in enumerate(table.models)}
-    rows = np.arange(len(table))
     curve = []
     for alpha in np.linspace(0, 1, points):
-        picks = router.route(table.texts, emb, [Knobs(alpha=float(alpha))] * len(table))
-        chosen = np.array([col[c.tier] for c in picks])
-        curve.append((float(table.costs[rows, chosen].mean()), float(table.scores[rows, chosen].mean())))
+        _, q, c = _replayed(router, table, emb, tiers, float(alpha))
+        curve.append((float(c.mean()), float(q.mean())))
     return curve
 
 

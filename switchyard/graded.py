@@ -5,7 +5,6 @@ shipped default, and the held-back evaluation."""
 from __future__ import annotations
 
 import ast
-import gzip
 import hashlib
 import json
 import random
@@ -53,9 +52,9 @@ class GradedQuery:
 
 
 def read_graded(path: Path) -> list[GradedQuery]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        return [GradedQuery.of(json.loads(line)) for line in f if line.strip()]
+    from router.data import read_jsonl
+
+    return [GradedQuery.of(row) for row in read_jsonl(path)]
 
 
 def in_holdout(query_id: str, share: float) -> bool:
@@ -95,12 +94,3 @@ def job_lines(queries: Iterable[GradedQuery], max_tokens: int = ANSWER_TOKENS,
             line["routing"] = routing
         lines.append(json.dumps(line).encode())
     return lines
-
-
-def write_job(path: Path, queries: list[GradedQuery], max_tokens: int = ANSWER_TOKENS,
-              pinned_tier: str | None = None) -> Path:
-    """Writes PATH (the job) and PATH's .grades.jsonl (its references); returns the references' path."""
-    path.write_bytes(b"\n".join(job_lines(queries, max_tokens, pinned_tier)) + b"\n")
-    refs = path.with_name(path.name.replace(".jsonl", ".grades.jsonl"))
-    refs.write_text("".join(json.dumps(q.reference()) + "\n" for q in queries))
-    return refs

@@ -4,8 +4,6 @@ grade them and send the grades as feedback, so that the outcomes land in ClickHo
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -13,14 +11,9 @@ from typing import Callable
 from schemas import Feedback
 from switchyard.feedback import Reference, auto_grade, publish_feedback
 from switchyard.graded import GradedQuery, job_lines
+from switchyard.demo import wait_until_stored
 from switchyard.jobs import JobFile, JobOutcome, Submission, prepare, publish, wait_for
 from switchyard.settings import Settings
-from switchyard.warehouse import Warehouse
-
-STORED = """
-SELECT (SELECT count() FROM results FINAL WHERE job_id = {job:String}) AS results,
-       (SELECT count() FROM feedback FINAL WHERE job_id = {job:String}) AS feedback
-"""
 
 
 @dataclass
@@ -51,23 +44,10 @@ def finish_graded(settings: Settings, job: GradedJob, timeout: float,
     job.outcome = asyncio.run(wait_for(settings.kafka, job.submission, timeout, progress))
     job.feedback = auto_grade(job.outcome.results.values(), references(job.queries))
     asyncio.run(publish_feedback(settings.kafka, job.feedback))
-    wait_stored(settings, job.job_id, len(job.outcome.results), len(job.feedback))
+    expected = {"answered": len(job.outcome.results), "feedback": len(job.feedback)}
+    if not wait_until_stored(settings, job.job_id, expected):
+        raise TimeoutError(f"job {job.job_id}: ClickHouse does not hold {expected} after 120s")
     return job
-
-
-def wait_stored(settings: Settings, job_id: str, results: int, feedback: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        wh = Warehouse.open(settings)
-        try:
-            row = wh.rows(STORED, {"job": job_id})[0]
-        finally:
-            wh.close()
-        if row["results"] >= results and row["feedback"] >= feedback:
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"job {job_id}: ClickHouse holds {row} after {timeout:.0f}s, "
-                       f"expected {results} results and {feedback} feedback rows")
 
 
 def summary(job: GradedJob) -> dict:
@@ -77,10 +57,6 @@ def summary(job: GradedJob) -> dict:
             "timed_out": job.outcome.timed_out,
             "quality": sum(scores) / len(scores) if scores else None,
             "cost_usd": sum(r.cost_usd for r in job.outcome.results.values())}
-
-
-def dump(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str))
 
 
 def collect_outcomes(settings: Settings, queries: list[GradedQuery], tiers: list[str], job_prefix: str,

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from router.outcomes import (DEFAULT_QUALITY_SHARE, GateRules, Outcome, OutcomeError, fit_on_outcomes, gate, judge,
+from router.outcomes import (DEFAULT_QUALITY_SHARE, Estimate, GateRules, Outcome, OutcomeError, fit_on_outcomes, gate, judge,
                              merge_tables, outcome_table, tier_models)
 from schemas import ChatCompletionBody, RouterVersion, encode
 from streams.config import KafkaSettings
@@ -109,7 +109,6 @@ def load_prior(path: Path, columns: dict[str, str], embed: Callable):
 @dataclass
 class RetrainResult:
     verdict: RouterVersion
-    candidate: object
     metrics: dict
 
     def summary(self) -> dict:
@@ -149,8 +148,6 @@ def retrain(outcomes: list[Outcome], current, served: dict[str, str], embed: Cal
                "candidate": judge(candidate, held, emb_held) if held else {},
                "current": judge(current, held, emb_held) if held else {}}
     if held:
-        from router.outcomes import Estimate
-
         cand, cur = (Estimate(**metrics[k]["default"]) for k in ("candidate", "current"))
         ok, reason = gate(cand, cur, metrics["current"]["curve_points"], options.rules)
     else:
@@ -161,7 +158,7 @@ def retrain(outcomes: list[Outcome], current, served: dict[str, str], embed: Cal
         version=candidate.version, parent_version=getattr(current, "version", ""),
         verdict="published" if ok else "refused", reason=reason, metrics=metrics, n_outcomes=len(outcomes),
         artifact_base64=artifact if ok else "")
-    return RetrainResult(verdict, candidate, metrics)
+    return RetrainResult(verdict, metrics)
 
 
 def _artifact(router) -> str:

@@ -7,10 +7,10 @@ import base64
 import time
 from pathlib import Path
 
-import pytest
 
 from router.artifact import DCROUTER_DIR, load_router, to_bytes
 from schemas import Feedback, RouterVersion
+from switchyard.experiments import wait_for_swap
 from switchyard.feedback import feedback_lines, publish_feedback, publish_lines
 from switchyard.retrain import publish_version, retrain_once, retrain_options
 from switchyard.warehouse import Warehouse
@@ -31,14 +31,6 @@ def wait_rows(settings, sql: str, params: dict, done, timeout: float = 60) -> li
         got = rows(settings, sql, params)
         if done(got) or time.monotonic() > deadline:
             return got
-        time.sleep(0.5)
-
-
-def wait_for_swap(stack, version: str, timeout: float = 60) -> None:
-    log = stack.settings.data_dir / "logs" / "router.log"
-    deadline = time.monotonic() + timeout
-    while f"-> {version}" not in log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"router did not swap to {version}"
         time.sleep(0.5)
 
 
