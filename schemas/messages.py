@@ -16,11 +16,40 @@ class _Message(BaseModel):
 # --- the request, as a client writes it (OpenAI Batch compatible) --------------------------
 
 
+class ContentPart(BaseModel):
+    """One part of a message's content, as current OpenAI SDKs send it. Text only for now."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str = ""
+
+    @model_validator(mode="after")
+    def _text_only(self) -> ContentPart:
+        if self.type != "text":
+            raise ValueError(f"content parts of type {self.type!r} are not supported yet (text parts only)")
+        return self
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    # A string, a list of parts, or null for an assistant turn that only called tools.
+    content: str | list[ContentPart] | None = None
+
+    @model_validator(mode="after")
+    def _content_or_tool_calls(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and getattr(self, "tool_calls", None)):
+            raise ValueError("content may be null only for an assistant message with tool_calls")
+        return self
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content)
 
 
 class ChatCompletionBody(BaseModel):
@@ -34,11 +63,11 @@ class ChatCompletionBody(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
 
     def prompt_text(self) -> str:
-        return "\n".join(m.content for m in self.messages)
+        return "\n".join(m.text() for m in self.messages)
 
     def last_user_text(self) -> str:
-        users = [m.content for m in self.messages if m.role == "user"]
-        return users[-1] if users else self.messages[-1].content
+        users = [m.text() for m in self.messages if m.role == "user"]
+        return users[-1] if users else self.messages[-1].text()
 
 
 class RoutingPolicy(BaseModel):
@@ -112,6 +141,8 @@ class WorkItem(_RequestRef):
     router_version: str
     submitted_at: datetime
     decided_at: datetime
+    fallback_from: list[Tier] = Field(default_factory=list,
+                                      description="tiers that failed it, in order, before this one")
 
     @model_validator(mode="after")
     def _ids_agree(self) -> WorkItem:
@@ -142,6 +173,10 @@ class Result(_RequestRef):
     router_version: str
     submitted_at: datetime
     finished_at: datetime = Field(default_factory=utcnow)
+    warnings: list[str] = Field(default_factory=list,
+                                description="what was not done as asked (a capped max_tokens, another model)")
+    fallback_from: list[Tier] = Field(default_factory=list,
+                                      description="tiers whose model failed it before `tier` answered")
 
     def answer_text(self) -> str:
         if not self.response:
@@ -205,18 +240,20 @@ class DeadLetter(_Message):
     original: str = Field(description="the original bytes, decoded as UTF-8 with replacement")
     original_base64: str = Field(default="", description="the original bytes, exactly")
     topic: str
-    partition: int
-    offset: int
+    # Kafka's own ranges (-1: not from a Kafka partition), which the dead_letters columns hold.
+    partition: int = Field(ge=-1, le=2**31 - 1)
+    offset: int = Field(ge=-1, le=2**63 - 1)
     job_id: str | None = None
+    tenant: str | None = Field(default=None, description="the submitter's tenant, from the Kafka header")
     key: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
     @classmethod
     def of(cls, stage: str, reason: str, raw: bytes, topic: str, partition: int, offset: int,
-           job_id: str | None = None, key: bytes | None = None) -> DeadLetter:
+           job_id: str | None = None, key: bytes | None = None, tenant: str | None = None) -> DeadLetter:
         return cls(stage=stage, reason=reason, original=raw.decode("utf-8", errors="replace"),
                    original_base64=base64.b64encode(raw).decode(), topic=topic, partition=partition,
-                   offset=offset, job_id=job_id,
+                   offset=offset, job_id=job_id, tenant=tenant,
                    key=key.decode("utf-8", errors="replace") if key else None)
 
     @field_validator("reason")

@@ -1,18 +1,33 @@
-"""A read-only query endpoint served by the process that owns the embedded ClickHouse."""
+"""The read endpoint served by the process that owns the embedded ClickHouse (the sink).
+
+Loopback only, and every call but /health carries a bearer token (infra.auth):
+- `POST /v1/questions/{name}` asks a named question (infra.clickhouse.questions), scoped to the
+  caller's tenant; the operator may name a tenant or ask across all of them;
+- `POST /v1/sql` is the operator's read-only SQL door (infra.clickhouse.sql_guard);
+- `GET /v1/whoami` says which tenant a key belongs to (the CLI stamps submissions with it).
+Bodies must be `application/json`, so a web page cannot post here without a CORS preflight,
+which this server never answers.
+"""
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import decimal
 import json
+import logging
 import uuid
 
 from aiohttp import web
 
+from infra.auth import AuthError, Caller, Keyring
+from infra.clickhouse.questions import QuestionError, bind
+from infra.clickhouse.sql_guard import UnsafeQuery, guard
 
-def is_read_only(sql: str) -> bool:
-    head = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
-    return head in {"SELECT", "WITH", "SHOW", "DESCRIBE", "EXISTS"}
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+TABLE_FUNCTIONS = "SELECT name FROM system.table_functions"
+CALLER = web.RequestKey("caller", Caller)
 
 
 def _jsonable(value):
@@ -25,28 +40,83 @@ def _jsonable(value):
     raise TypeError(type(value).__name__)
 
 
-async def start_query_server(client, port: int, lock: asyncio.Lock) -> web.AppRunner:
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def start_query_server(client, port: int, lock: asyncio.Lock, keyring: Keyring,
+                             host: str = "127.0.0.1") -> web.AppRunner:
+    async with lock:
+        table_functions = {r[0] for r in (await asyncio.to_thread(client.query, TABLE_FUNCTIONS)).result_rows}
+
+    async def run(sql: str, parameters: dict) -> web.Response:
+        try:
+            async with lock:  # one chDB connection, shared with the writer
+                result = await asyncio.to_thread(client.query, sql, parameters=parameters)
+        except Exception as exc:  # a bad query is the caller's problem, not the sink's
+            return _error(400, str(exc).splitlines()[0][:2000])
+        rows = [dict(zip(result.column_names, r)) for r in result.result_rows]
+        return web.Response(text=json.dumps({"rows": rows}, default=_jsonable), content_type="application/json")
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler):
+        if request.path == "/health":
+            return await handler(request)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        try:
+            request[CALLER] = keyring.caller(token.strip() if scheme.lower() == "bearer" else None)
+        except AuthError as exc:
+            return _error(401, f"unauthorized: {exc}")
+        if request.method == "POST" and request.content_type != "application/json":
+            return _error(415, "send Content-Type: application/json")
+        return await handler(request)
+
+    async def body_of(request: web.Request) -> dict:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(text="body is not JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text="body must be a JSON object")
+        return body
+
     async def health(_request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
-    async def query(request: web.Request) -> web.Response:
-        body = await request.json()
-        sql = body.get("sql", "")
-        if not is_read_only(sql):
-            return web.Response(status=400, text="only read-only statements (SELECT, WITH, SHOW, ...)")
-        try:
-            async with lock:  # one chDB connection, shared with the writer
-                result = await asyncio.to_thread(client.query, sql, parameters=body.get("parameters") or {})
-        except Exception as exc:  # a bad query is the caller's problem, not the sink's
-            return web.Response(status=400, text=str(exc))
-        rows = [dict(zip(result.column_names, r)) for r in result.result_rows]
-        return web.Response(text=json.dumps({"rows": rows}, default=_jsonable),
-                            content_type="application/json")
+    async def whoami(request: web.Request) -> web.Response:
+        caller = request[CALLER]
+        return web.json_response({"tenant": caller.tenant, "operator": caller.is_operator})
 
-    app = web.Application()
+    async def question(request: web.Request) -> web.Response:
+        caller = request[CALLER]
+        body = await body_of(request)
+        try:
+            sql, params = bind(request.match_info["name"], body.get("parameters") or {}, caller.tenant)
+        except QuestionError as exc:
+            return _error(400, str(exc))
+        return await run(sql, params)
+
+    async def raw_sql(request: web.Request) -> web.Response:
+        caller = request[CALLER]
+        if not caller.is_operator:
+            return _error(403, "the SQL door is the operator's; tenants ask named questions")
+        body = await body_of(request)
+        sql, params = body.get("sql"), body.get("parameters") or {}
+        if not isinstance(sql, str) or not isinstance(params, dict):
+            return _error(400, "expected {\"sql\": string, \"parameters\": object}")
+        try:
+            guarded = guard(sql, table_functions)
+        except UnsafeQuery as exc:
+            log.warning("refused operator SQL: %s", exc)
+            return _error(400, f"refused: {exc}")
+        return await run(guarded, params)
+
+    app = web.Application(middlewares=[authenticate], client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/health", health)
-    app.router.add_post("/query", query)
+    app.router.add_get("/v1/whoami", whoami)
+    app.router.add_post("/v1/questions/{name}", question)
+    app.router.add_post("/v1/sql", raw_sql)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, host, port).start()
     return runner

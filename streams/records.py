@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from schemas import DeadLetter, encode
-from schemas.common import HEADER_JOB_ID
+from schemas.common import HEADER_JOB_ID, HEADER_TENANT
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,34 @@ class Output:
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
     dead_letter: bool = False  # this output dead-letters an input the stage found invalid
+    # The input this output answers, and its job: what to dead-letter if it cannot be produced.
+    origin: RawRecord | None = None
+    job_id: str | None = None
+
+
+# A letter keeps this much of its original, its reason and its ids, so that the letter itself
+# always fits on the dlq topic, however large the message it dead-letters.
+MAX_LETTER_ORIGINAL_BYTES = 64 * 1024
+MAX_LETTER_REASON_CHARS = 2000
+MAX_LETTER_ID_CHARS = 512
 
 
 def letter_for(stage: str, reason: str, record: RawRecord, job_id: str | None = None) -> DeadLetter:
-    """A dead letter for a record; the job comes from the caller or the record's header."""
+    """A dead letter for a record; the job comes from the caller or the record's header, the
+    tenant from the header (set by the trusted producer that submitted it)."""
     job_id = job_id or (record.headers.get(HEADER_JOB_ID, b"").decode(errors="replace") or None)
-    return DeadLetter.of(stage, reason, record.value, record.topic, record.partition, record.offset,
-                         job_id, record.key)
+    tenant = record.headers.get(HEADER_TENANT, b"").decode(errors="replace") or None
+    reason, raw = reason[:MAX_LETTER_REASON_CHARS], record.value
+    if len(raw) > MAX_LETTER_ORIGINAL_BYTES:  # the letter must fit on the dlq topic itself
+        reason += f" (the letter keeps the first {MAX_LETTER_ORIGINAL_BYTES:,} of its {len(raw):,} bytes)"
+        raw = raw[:MAX_LETTER_ORIGINAL_BYTES]
+    return DeadLetter.of(stage, reason, raw, record.topic, record.partition, record.offset,
+                         _clip(job_id), record.key[:MAX_LETTER_ID_CHARS] if record.key else None,
+                         _clip(tenant))
+
+
+def _clip(text: str | None) -> str | None:
+    return text[:MAX_LETTER_ID_CHARS] if text else None
 
 
 def dead_letter(stage: str, reason: str, record: RawRecord, dlq_topic: str, job_id: str | None = None) -> Output:

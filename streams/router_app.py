@@ -14,6 +14,7 @@ from typing import Callable
 import faust
 
 from streams.config import DlqLimitSettings, KafkaSettings
+from streams.kafka import MAX_PRODUCE_BYTES, DeadLetterTo, produce
 from streams.records import Output, RawRecord
 from streams.router_models import ModelFollower
 from streams.routing import STAGE, RouterProcessor
@@ -35,15 +36,20 @@ def build_app(kafka: KafkaSettings, processor: RouterProcessor, *, batch_size: i
         broker_heartbeat_interval=kafka.heartbeat_interval_ms / 1000,
         topic_partitions=4,
         producer_acks=-1,
+        producer_max_request_size=MAX_PRODUCE_BYTES,  # faust's default (1 MB) is below a whole request
         datadir=str(data_dir / "faust"),
     )
     queries = app.topic(topics.queries, key_serializer="raw", value_serializer="raw")
     limit = DlqLimit(dlq_limit, STAGE)
 
+    async def send_one(out: Output):
+        return await app.send(out.topic, key=out.key, value=out.value, headers=list(out.headers) or None,
+                              key_serializer="raw", value_serializer="raw")
+
     async def send(outputs: list[Output]) -> None:
-        for out in outputs:
-            await app.send(out.topic, key=out.key, value=out.value,
-                           key_serializer="raw", value_serializer="raw")
+        # Waits for the acks, so a message the broker refuses as too large is dead-lettered here
+        # (with its batch-mates still produced) instead of failing the agent into a restart.
+        await produce(send_one, outputs, dlq=DeadLetterTo(STAGE, topics.dlq))
 
     # Embedding is CPU work: the processor runs in a thread, keeping the loop free for
     # heartbeats and fetches.

@@ -14,8 +14,9 @@ from infra.topics import Topics
 from router.base import Knobs, Router, RoutingError
 from router.explore import explore
 from schemas import QueryRequest, RoutingDecision, WorkItem, encode
-from schemas.common import utcnow
-from schemas.validation import InvalidMessage, parse_query
+from schemas.common import HEADER_JOB_ID, HEADER_TENANT, utcnow
+from schemas.validation import MAX_MESSAGE_BYTES, InvalidMessage, parse_query
+from streams.limits import TenantGate
 from streams.records import Output, RawRecord, dead_letter
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,9 @@ def explorable(knobs: Knobs) -> bool:
 
 class RouterProcessor:
     def __init__(self, router: Router, embed: EmbedFn, served_models: dict[str, str],
-                 topics: Topics = Topics(), explore_rate: float = 0.0):
+                 topics: Topics = Topics(), explore_rate: float = 0.0, limits: TenantGate | None = None):
         self.router = router
+        self.limits = limits  # per-tenant rate limits and token budgets; None: unlimited
         self.embed = embed
         self.served_models = served_models  # tier -> the model that serves it
         self.topics = topics
@@ -94,6 +96,11 @@ class RouterProcessor:
             key = req.request_id.encode()
             ref = dict(request_id=req.request_id, job_id=req.job_id, tenant=req.tenant,
                        custom_id=req.custom_id)
+            refused = self.limits and self.limits.refuse(req, choice.tier, self.served_models[choice.tier],
+                                                         router.version, record, self.topics)
+            if refused:  # over its tenant's limits: an error result instead of work
+                outputs.append(refused)
+                continue
             decision = RoutingDecision(
                 **ref, tier=choice.tier, cluster=choice.cluster, router_model=choice.model,
                 served_model=self.served_models[choice.tier], router_version=router.version,
@@ -106,7 +113,18 @@ class RouterProcessor:
                 **ref, tier=choice.tier, body=req.body, router_version=router.version,
                 submitted_at=req.submitted_at, decided_at=decided_at,
             )
-            # Work first: a decision without work would claim routing that never happened.
-            outputs.append(Output(self.topics.work(choice.tier), key, encode(work)))
-            outputs.append(Output(self.topics.decisions, key, encode(decision)))
+            work_bytes = encode(work)
+            if len(work_bytes) > MAX_MESSAGE_BYTES:  # refused here, before any output exists for it
+                outputs.append(dead_letter(STAGE, f"the work item would be {len(work_bytes):,} bytes; "
+                                           f"the limit is {MAX_MESSAGE_BYTES:,}", record, self.topics.dlq,
+                                           req.job_id))
+                continue
+            # Work first: a decision without work would claim routing that never happened. Each
+            # output names its input, so one the broker refuses is dead-lettered by the effect.
+            # The ids ride along as headers too, so a later stage can attribute even an output
+            # it cannot parse to its job and tenant.
+            mine = dict(origin=record, job_id=req.job_id,
+                        headers=((HEADER_JOB_ID, req.job_id.encode()), (HEADER_TENANT, req.tenant.encode())))
+            outputs.append(Output(self.topics.work(choice.tier), key, work_bytes, **mine))
+            outputs.append(Output(self.topics.decisions, key, encode(decision), **mine))
         return outputs

@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from infra.auth import Keyring
 from infra.clickhouse import apply_schema, connect
 from infra.topics import DECISIONS, DLQ, FEEDBACK, QUERIES, RESULTS, ROUTER_MODELS, Topics
 from schemas import DeadLetter, Feedback, Result, RouterVersion, RoutingDecision
@@ -43,7 +44,7 @@ def _dead_letter_values(d: DeadLetter) -> Row:
     return Row("dead_letters", dict(
         stage=d.stage, reason=d.reason, original=d.original, original_base64=d.original_base64,
         topic=d.topic,
-        partition=d.partition, offset=d.offset, job_id=d.job_id or "", key=d.key or "",
+        partition=d.partition, offset=d.offset, job_id=d.job_id or "", tenant=d.tenant or "", key=d.key or "",
         created_at=d.created_at))
 
 
@@ -72,7 +73,8 @@ def _result_row(r: Result) -> Row:
         error=r.error or "", prompt_tokens=r.usage.prompt_tokens,
         completion_tokens=r.usage.completion_tokens, cost_usd=r.cost_usd,
         model_latency_ms=r.model_latency_ms, end_to_end_ms=r.end_to_end_ms,
-        router_version=r.router_version, submitted_at=r.submitted_at, finished_at=r.finished_at))
+        router_version=r.router_version, submitted_at=r.submitted_at, finished_at=r.finished_at,
+        warnings=r.warnings, fallback_from=r.fallback_from))
 
 
 def _feedback_row(f: Feedback) -> Row:
@@ -176,15 +178,21 @@ SINK_TOPICS = (QUERIES, DECISIONS, RESULTS, FEEDBACK, DLQ, ROUTER_MODELS)
 
 
 async def run_sink(kafka: KafkaSettings, clickhouse_dsn: str, *, batch_size: int, flush_seconds: float,
-                   query_port: int = 0, dlq_limit: DlqLimitSettings = DlqLimitSettings(),
+                   query_port: int = 0, keyring: Keyring | None = None,
+                   dlq_limit: DlqLimitSettings = DlqLimitSettings(),
                    stop: asyncio.Event | None = None, on_ready: Callable[[], None] | None = None) -> None:
     """Store every topic's messages in ClickHouse until SIGTERM/SIGINT (or `stop`). With a
-    `query_port`, also serve read-only queries on loopback (one process owns a chDB directory)."""
+    `query_port` and a `keyring`, also serve authenticated reads on loopback (one process owns a
+    chDB directory)."""
     client = connect(clickhouse_dsn)
     apply_schema(client)
     writer = ClickHouseWriter(client)
     lock = asyncio.Lock()
-    runner = await start_query_server(client, query_port, lock) if query_port else None
+    runner = None
+    if query_port:
+        if keyring is None:
+            raise ValueError("the read endpoint needs a keyring: no endpoint without authentication")
+        runner = await start_query_server(client, query_port, lock, keyring)
     topics = kafka.topics
 
     async def write(rows: list[Row]) -> None:

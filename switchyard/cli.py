@@ -13,7 +13,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from schemas.common import TIERS
+from switchyard.access import open_warehouse, require_own_job
 from switchyard.cli_learning import experiment_app, feedback, retrain_command
+from switchyard.cli_ops import chaos_command, dlq_app, replay_command
 from switchyard.cli_router import bench_app, router_app
 from switchyard.console import console, fail, kafka_for_cli, out, outcomes_table, submit_job
 from switchyard.settings import Settings, get_settings
@@ -27,6 +29,9 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(experiment_app, name="experiment")
 app.command("feedback")(feedback)
 app.command("retrain")(retrain_command)
+app.command("replay")(replay_command)
+app.command("chaos")(chaos_command)
+app.add_typer(dlq_app, name="dlq")
 
 
 @bench_app.command("pipeline")
@@ -62,11 +67,17 @@ def up(
     engine: Optional[str] = typer.Option(
         None, help="serve: Ray Serve deployments; inprocess: no Ray. Default: SWITCHYARD_WORKERS__ENGINE, else serve."),
 ) -> None:
-    """Start the embedded stack in the foreground; Ctrl-C stops every process."""
-    from switchyard.stack import Stack, StackError
+    """Start the embedded stack in the foreground; Ctrl-C or SIGTERM stops every process, in order."""
+    import signal
+
+    from switchyard.stack import Stack, StackError, clear_stale
 
     settings = _settings(all_tiers_small, engine)
+    stale = clear_stale(settings)
+    if stale:
+        console.print(f"[yellow]{escape(stale)}[/]", soft_wrap=True)
     stack = Stack(settings)
+    signal.signal(signal.SIGTERM, _interrupt)  # systemd, Docker and Kubernetes stop with SIGTERM
     try:
         with console.status("starting broker, Ray Serve and stages (first start assembles models)…"):
             info = stack.start()
@@ -74,12 +85,64 @@ def up(
         console.print("Submit work with `switchyard submit FILE.jsonl --wait`. Ctrl-C stops.")
         stack.supervise()
     except KeyboardInterrupt:
-        console.print("stopping…")
+        console.print("stopping (draining in-flight work)…")
     except StackError as exc:
         console.print(f"[red]stack failed:[/] {exc}")
         raise typer.Exit(1)
     finally:
+        # A second Ctrl-C must not cut the ordered stop short (kill -9 still ends everything:
+        # the children die with this process).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+keys_app = typer.Typer(help="Tenants' API keys (the operator's; only their digests are stored).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _keyring(settings: Settings):
+    from infra.auth import Keyring
+
+    if settings.api_key:
+        fail("managing keys is the operator's; unset SWITCHYARD_API_KEY")
+    return Keyring(settings.secrets_dir)
+
+
+@keys_app.command("create")
+def keys_create(name: str = typer.Option(..., "--tenant", help="The tenant the key reads and submits as.")) -> None:
+    """Create an API key for a tenant; printed once (alone on the last line), only its digest is kept."""
+    try:
+        key = _keyring(_settings()).add_tenant(name)
+    except ValueError as exc:
+        fail(str(exc))
+    console.print(f"API key for tenant {name!r} (shown once; give it to the tenant as SWITCHYARD_API_KEY):")
+    out.print(key, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Tenants that have keys, with how many."""
+    tenants = _keyring(_settings()).tenants()
+    if as_json:
+        out.print_json(json.dumps(tenants))
+        return
+    for name, keys in sorted(tenants.items()):
+        out.print(f"{name}: {keys} key(s)")
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str = typer.Option(..., "--tenant")) -> None:
+    """Revoke every key of a tenant (at once, also for a running stack)."""
+    n = _keyring(_settings()).revoke_tenant(name)
+    if not n:
+        fail(f"tenant {name!r} has no keys", code=1)
+    console.print(f"revoked {n} key(s) of tenant {name!r}")
 
 
 @app.command()
@@ -107,17 +170,33 @@ def submit(
     wait: bool = typer.Option(False, "--wait", help="Wait for every answer, with a progress bar."),
     out_file: Optional[Path] = typer.Option(None, "--out", help="With --wait: write OpenAI Batch output here."),
     job_id: Optional[str] = typer.Option(None, help="Default: derived from the file's content (idempotent)."),
-    tenant: str = typer.Option("default"),
+    tenant: Optional[str] = typer.Option(
+        None, help="The operator submits for any tenant (default: 'default'); with SWITCHYARD_API_KEY "
+                   "the key's tenant is used and another is refused."),
     timeout: float = typer.Option(1800, help="Seconds to wait with --wait."),
+    stored_timeout: float = typer.Option(
+        120, help="Seconds to wait until ClickHouse holds every request (what `replay` re-publishes "
+                  "after a broker loss); 0: do not wait."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ) -> None:
-    """Publish a job to the queries topic."""
+    """Publish a job to the queries topic, stamped with the submitter's tenant; returns once every
+    request is stored in ClickHouse (or says to keep the file)."""
     from switchyard.jobs import write_batch_output
+    from switchyard.submit_checks import broker_lost_line, stored_counter, unstored_line
 
     settings = _settings()
-    sub, outcome = submit_job(kafka_for_cli(settings), file, job_id, tenant, wait, timeout)
+    tenant = _submitter_tenant(settings, tenant)
+    counter = stored_counter(settings) if stored_timeout > 0 else None
+    try:
+        sub, outcome = submit_job(kafka_for_cli(settings), file, job_id, tenant, wait, timeout,
+                                  counter, stored_timeout)
+    finally:
+        if counter is not None:
+            counter.close()
     summary = {"job_id": sub.job_id, "sent": sub.sent, "valid": len(sub.expected),
-               "invalid": len(sub.invalid)}
+               "invalid": len(sub.invalid), "stored": sub.stored}
+    if sub.stored is None or sub.stored < len(sub.expected):
+        console.print(f"[yellow]{escape(unstored_line(sub, file))}[/]", soft_wrap=True)
     if outcome is not None:
         summary.update(answered=len(outcome.results),
                        errors=sum(r.status == "error" for r in outcome.results.values()),
@@ -127,28 +206,64 @@ def submit(
         if out_file:
             write_batch_output(out_file, outcome)
             summary["out"] = str(out_file)
+    if outcome is not None and outcome.broker_lost:
+        summary["broker_lost"] = True
+        console.print(f"[red]{escape(broker_lost_line(sub, outcome, out_file))}[/]", soft_wrap=True)
     if as_json:
         out.print_json(json.dumps(summary))
     else:
         console.print(summary)
-    if outcome is not None and outcome.timed_out:
+    if outcome is not None and (outcome.timed_out or outcome.broker_lost):
         raise typer.Exit(1)
+
+
+def _submitter_tenant(settings: Settings, asked: str | None) -> str:
+    """Who submits decides the tenant: a tenant's key names its own (checked by the stack's
+    endpoint); only the operator may submit for another tenant."""
+    if not settings.api_key:
+        return asked or "default"
+    from switchyard.warehouse import WarehouseError
+
+    wh = open_warehouse(settings)
+    try:
+        own = wh.whoami()
+    except WarehouseError as exc:
+        fail(f"SWITCHYARD_API_KEY: {exc}")
+    finally:
+        wh.close()
+    if own is None:
+        return asked or "default"
+    if asked is not None and asked != own:
+        fail(f"your key belongs to tenant {own!r}; it cannot submit for {asked!r}")
+    return own
+
+
+def _ask(wh, question: str, **params: str) -> list[dict]:
+    from switchyard.warehouse import WarehouseError
+
+    try:
+        return wh.ask(question, **params)
+    except WarehouseError as exc:
+        fail(str(exc))
 
 
 @app.command()
 def status(job_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Progress and per-tier figures of a job, from ClickHouse."""
-    from switchyard.warehouse import JOB_STATUS, Warehouse, outcomes_sql
-
-    wh = Warehouse.open(_settings())
+    """Progress and per-tier figures of a job, from ClickHouse (only your tenant's jobs)."""
+    wh = open_warehouse(_settings())
     try:
-        counts = wh.rows(JOB_STATUS, {"job": job_id})[0]
-        tiers = wh.rows(outcomes_sql("tier", job_filter=True), {"job": job_id})
+        counts = _ask(wh, "job_status", job=job_id)[0]
+        tiers = _ask(wh, "outcomes", by="tier", job=job_id)
     finally:
         wh.close()
-    if as_json:
+    found = counts["requests"] or counts["dead_letters"]
+    if as_json:  # printed even for no job yet (all zeros), so a script can poll a fresh job
         out.print_json(json.dumps({"job_id": job_id, **counts, "tiers": tiers}, default=str))
+        if not found:
+            raise typer.Exit(1)
         return
+    if not found:
+        fail(f"no job {job_id} (none of your tenant's jobs has that id)", code=1)
     out.print(f"job {job_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     out.print(outcomes_table(tiers, "tier"))
 
@@ -156,13 +271,11 @@ def status(job_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
 @app.command()
 def results(job_id: str, out_file: Optional[Path] = typer.Option(None, "--out"),
             as_json: bool = typer.Option(False, "--json")) -> None:
-    """A job's answers from ClickHouse (JSON lines with --json or --out)."""
-    from switchyard.warehouse import JOB_DEAD_LETTERS, JOB_RESULTS, Warehouse
-
-    wh = Warehouse.open(_settings())
+    """A job's answers from ClickHouse (JSON lines with --json or --out; only your tenant's jobs)."""
+    wh = open_warehouse(_settings())
     try:
-        rows = wh.rows(JOB_RESULTS, {"job": job_id})
-        dead = wh.rows(JOB_DEAD_LETTERS, {"job": job_id})
+        rows = _ask(wh, "job_results", job=job_id)
+        dead = _ask(wh, "job_dead_letters", job=job_id)
     finally:
         wh.close()
     for letter in dead:  # on stderr, so --json output stays one result per line
@@ -196,6 +309,7 @@ def grade(job_id: str,
     from switchyard.jobs import Submission, wait_for
 
     settings = _settings()
+    require_own_job(settings, job_id)
     try:
         refs = read_references(references)
     except (OSError, ValueError) as exc:
@@ -216,15 +330,20 @@ def grade(job_id: str,
 @app.command()
 def report(job_id: Optional[str] = typer.Option(None, "--job", help="One job; default: everything."),
            by: str = typer.Option("tier", help="tier | cluster | tenant | model"),
+           tenant: Optional[str] = typer.Option(None, help="Operator only: one tenant (a tenant's key "
+                                                      "always reads its own)."),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Routing outcomes from ClickHouse: volume, quality (feedback), cost and latency."""
-    from switchyard.warehouse import OUTCOMES_BY, Warehouse, outcomes_sql
+    from infra.clickhouse.questions import OUTCOMES_BY
 
     if by not in OUTCOMES_BY:
         fail(f"--by must be one of {', '.join(OUTCOMES_BY)}")
-    wh = Warehouse.open(_settings())
+    params = {"by": by, "job": job_id or ""}
+    if tenant is not None:
+        params["tenant"] = tenant
+    wh = open_warehouse(_settings())
     try:
-        rows = wh.rows(outcomes_sql(by, job_id is not None), {"job": job_id} if job_id else {})
+        rows = _ask(wh, "outcomes", **params)
     finally:
         wh.close()
     if as_json:
@@ -300,6 +419,31 @@ def stage_retrainer() -> None:
     from switchyard.stages import run_retrainer
 
     _run_stage("retrainer", run_retrainer)
+
+
+@stage_app.command("api")
+def stage_api() -> None:
+    """The OpenAI-compatible API (settings.api)."""
+    from switchyard.stages import run_api
+
+    _run_stage("api", run_api)
+
+
+@app.command("api")
+def api_command(port: Optional[int] = typer.Option(None, help="Default: SWITCHYARD_API__PORT, else a free port."),
+                host: Optional[str] = typer.Option(None, help="Default: SWITCHYARD_API__HOST, else 127.0.0.1.")) -> None:
+    """Serve the OpenAI-compatible API (Files, Batches, chat completions) for a running stack, in the
+    foreground. `switchyard up` starts one itself."""
+    from switchyard.stages import run_api
+
+    settings = _settings()
+    settings.kafka = kafka_for_cli(settings)
+    if port is not None:
+        settings.api.port = port
+    if host is not None:
+        settings.api.host = host
+    _stage_logging()
+    run_api(settings, lambda url: console.print(f"OpenAI-compatible API at {url} (Ctrl-C stops it)"))
 
 
 @stage_app.command("serve")

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from switchyard.access import require_operator, require_own_job
 from switchyard.console import console, fail, kafka_for_cli, out, progress
 from switchyard.settings import get_settings
 
@@ -29,6 +30,7 @@ def feedback(job_id: str = typer.Argument(..., help="The job the feedback is abo
     if not lines:
         fail(f"{file}: no feedback lines")
     settings = get_settings()
+    require_own_job(settings, job_id)
     kafka = kafka_for_cli(settings)
     parsed = feedback_lines(job_id, lines)
     for _, _, problem in parsed:
@@ -53,6 +55,7 @@ def retrain_command(
     from switchyard.retrain import RetrainError, dump_json, retrain_once, retrain_options
 
     settings = get_settings()
+    require_operator(settings, "retraining")
     kafka = None if dry_run else kafka_for_cli(settings)
     options = retrain_options(settings, holdout_share=holdout_share, force=force or None)
     if no_prior:

@@ -3,11 +3,15 @@ and submitting a job file."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
+from collections import Counter
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -30,11 +34,11 @@ def progress() -> Progress:
 
 def kafka_for_cli(settings: Settings) -> KafkaSettings:
     """An explicit SWITCHYARD_KAFKA__BOOTSTRAP wins; otherwise the running local stack's broker."""
-    from switchyard.stack import StackInfo, info_path
+    from switchyard.stack import running_stack
 
     if "SWITCHYARD_KAFKA__BOOTSTRAP" in os.environ:
         return settings.kafka
-    info = StackInfo.load(info_path(settings))
+    info = running_stack(settings)  # a stack.json whose process is gone is no stack
     if info is None:
         console.print("[red]No running stack found.[/] Start one with `switchyard up` "
                       "or set SWITCHYARD_KAFKA__BOOTSTRAP.")
@@ -42,26 +46,75 @@ def kafka_for_cli(settings: Settings) -> KafkaSettings:
     return settings.kafka.model_copy(update={"bootstrap": info.bootstrap})
 
 
+def quiet_kafka_logs() -> None:
+    """aiokafka logs every failed reconnect at WARNING/ERROR (hundreds of lines when the broker
+    is gone); the CLI says what happened once, itself."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
 def submit_job(kafka: KafkaSettings, file: Path, job_id: str | None, tenant: str, wait: bool,
-               timeout: float):
-    from switchyard.jobs import JobFile, JobFileError, prepare, publish, wait_for
+               timeout: float, count_stored=None, stored_timeout: float = 120):
+    """`count_stored`: how many of the job's requests ClickHouse holds; given, submit returns only
+    once all are stored (or after `stored_timeout`, with `sub.stored` short)."""
+    from switchyard.jobs import BrokerLost, JobFile, JobFileError, prepare, publish, wait_for, wait_stored
 
     try:
         job = JobFile.read(file)
     except JobFileError as exc:
         fail(str(exc))
-    job_id = job_id or job.default_job_id()
+    job_id = job_id or job.default_job_id(tenant)
     sub, messages = prepare(job, job_id, tenant)
+    lettered = {d.offset for d in sub.letters}
     for number, reason in sub.invalid:
-        console.print(f"[yellow]line {number}:[/] {reason} (sent; it will be dead-lettered)")
+        how = "dead-lettered at submit" if number in lettered else "sent; it will be dead-lettered"
+        console.print(f"[yellow]line {number}:[/] {escape(reason)} ({how})")
+    for number, warning in sub.warnings:
+        console.print(f"[yellow]line {number}:[/] {escape(warning)}")
     with progress() as bar:
         task = bar.add_task(f"publishing {job_id}", total=len(messages))
-        asyncio.run(publish(kafka, sub, messages, lambda n: bar.advance(task, n)))
+        quiet_kafka_logs()
+        try:
+            asyncio.run(publish(kafka, sub, messages, lambda n: bar.advance(task, n)))
+        except BrokerLost as exc:
+            bar.stop()
+            fail(f"lost the broker while publishing {job_id} ({exc.sent} of {len(messages)} sent; {exc}); "
+                 f"keep {file} and submit it again once the stack is back (re-submitting is idempotent)",
+                 code=1)
+        if count_stored is not None:
+            stored_task = bar.add_task("stored in ClickHouse", total=len(sub.expected))
+            sub.stored = wait_stored(lambda: count_stored(job_id), len(sub.expected), stored_timeout)
+            bar.update(stored_task, completed=sub.stored)
         outcome = None
         if wait:
             task = bar.add_task("answered", total=len(sub.expected))
             outcome = asyncio.run(wait_for(kafka, sub, timeout, lambda n: bar.advance(task, n)))
+    if outcome is not None:
+        for line in warning_summary(outcome.results.values()):
+            console.print(f"[yellow]warning:[/] {escape(line)}")
     return sub, outcome
+
+
+def warning_summary(results) -> list[str]:
+    """One line per kind of result warning: "12 answers were capped at 256 tokens"."""
+    capped: Counter[str] = Counter()
+    other_model: Counter[str] = Counter()
+    rest: Counter[str] = Counter()
+    for result in results:
+        for w in result.warnings:
+            if m := re.fullmatch(r"max_tokens \d+ capped at (\d+)", w):
+                capped[m.group(1)] += 1
+            elif m := re.fullmatch(r"model (.+) is not served here; (.+) answered", w):
+                other_model[f"{m.group(1)} was asked for; {m.group(2)} answered"] += 1
+            else:
+                rest[w] += 1
+    lines = [f"{_answers(n)} capped at {cap} tokens" for cap, n in capped.items()]
+    lines += [f"{_answers(n)} not from the model named: {what}" for what, n in other_model.items()]
+    lines += [f"{_answers(n)}: {w}" for w, n in rest.items()]
+    return lines
+
+
+def _answers(n: int) -> str:
+    return f"{n} answer was" if n == 1 else f"{n} answers were"
 
 
 def outcomes_table(rows: list[dict], by: str) -> Table:

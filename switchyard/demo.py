@@ -10,7 +10,7 @@ from rich.console import Console
 from switchyard.console import outcomes_table, submit_job
 from switchyard.settings import Settings
 from switchyard.stack import Stack
-from switchyard.warehouse import JOB_STATUS, Warehouse, outcomes_sql
+from switchyard.warehouse import Warehouse
 
 FEEDBACK_N = "SELECT count() AS n FROM feedback FINAL WHERE job_id = {job:String}"
 
@@ -22,7 +22,7 @@ def wait_until_stored(settings: Settings, job_id: str, expected: dict[str, int],
     while time.monotonic() < deadline:
         wh = Warehouse.open(settings)
         try:
-            counts = wh.rows(JOB_STATUS, {"job": job_id})[0]
+            counts = wh.ask("job_status", job=job_id)[0]
             counts["feedback"] = wh.rows(FEEDBACK_N, {"job": job_id})[0]["n"]
         finally:
             wh.close()
@@ -62,8 +62,8 @@ def run_demo(settings: Settings, job_file: Path, console: Console, out: Console)
     # The stack is down: the in-process ClickHouse is ours to read directly.
     wh = Warehouse.open(settings)
     try:
-        counts = wh.rows(JOB_STATUS, {"job": sub.job_id})[0]
-        tiers = wh.rows(outcomes_sql("tier", job_filter=True), {"job": sub.job_id})
+        counts = wh.ask("job_status", job=sub.job_id)[0]
+        tiers = wh.ask("outcomes", by="tier", job=sub.job_id)
         overall = wh.rows("SELECT quantile(0.5)(end_to_end_ms) AS p50, quantile(0.95)(end_to_end_ms) AS p95, "
                           "sum(cost_usd) AS cost FROM results FINAL WHERE job_id = {job:String}",
                           {"job": sub.job_id})[0]

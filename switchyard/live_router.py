@@ -42,3 +42,42 @@ def latest_published(rows: list[dict]):
 def current_router(settings: Settings, wh):
     """What the router stream runs now: the newest published version, else its configured one."""
     return latest_published(wh.rows(LATEST_PUBLISHED)) or load_router(settings)
+
+
+LATEST_PUBLISHED_ROW = """
+SELECT version, parent_version, verdict, reason, metrics, n_outcomes, artifact_base64, created_at
+FROM router_versions FINAL WHERE verdict = 'published' ORDER BY created_at DESC LIMIT 1
+"""
+
+
+def restore_published(settings: Settings) -> str | None:
+    """Put the newest published router version back on `router.models` (the embedded broker
+    forgets its topics when it restarts; ClickHouse does not), so the router stream starts on it
+    instead of the shipped default. Run before the sink owns the engine; returns the version."""
+    import asyncio
+    import json
+
+    from infra.clickhouse import apply_schema, connect
+    from schemas import RouterVersion, encode
+    from streams.kafka import produce_all, producing
+    from streams.records import Output
+
+    client = connect(settings.clickhouse_dsn)
+    try:
+        apply_schema(client)
+        result = client.query(LATEST_PUBLISHED_ROW)
+        rows = [dict(zip(result.column_names, r)) for r in result.result_rows]
+    finally:
+        client.close()
+    if not rows:
+        return None
+    row = rows[0]
+    version = RouterVersion.model_validate({**row, "metrics": json.loads(row["metrics"] or "{}")})
+    async def publish() -> None:
+        async with producing(settings.kafka) as producer:
+            await produce_all(producer, [Output(settings.kafka.topics.router_models, version.version.encode(),
+                                                encode(version))])
+
+    asyncio.run(publish())
+    log.info("restored router version %s on %s", version.version, settings.kafka.topics.router_models)
+    return version.version

@@ -9,10 +9,11 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.config import DlqLimitSettings, KafkaSettings
+from streams.limits import TenantLimitSettings
 from workers.config import TierModel, WorkerSettings
 
 __all__ = ["Settings", "get_settings", "KafkaSettings", "DlqLimitSettings", "TierModel", "WorkerSettings",
-           "ClickHouseSettings", "RouterSettings", "RetrainSettings", "DlqLimits"]
+           "ClickHouseSettings", "RouterSettings", "RetrainSettings", "DlqLimits", "ApiSettings"]
 
 
 class ClickHouseSettings(BaseModel):
@@ -46,6 +47,16 @@ class RetrainSettings(BaseModel):
     prior_path: Path | None = None  # None: the shipped outcomes of the local models
 
 
+class ApiSettings(BaseModel):
+    """The OpenAI-compatible HTTP API (`switchyard api`, started by `switchyard up`)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback by default; every call needs a key either way
+    port: int = Field(default=0, ge=0, le=65535, description="0: a free port, printed by `up`")
+    max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    chat_timeout_seconds: float = Field(default=600.0, gt=0)
+
+
 class DlqLimits(BaseModel):
     """Per stage: when to stop instead of dead-lettering on (off by default)."""
 
@@ -58,14 +69,25 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", env_nested_delimiter="__")
 
     data_dir: Path = Path(".switchyard")
-    # Loopback port of the sink's read-only query endpoint (the sink owns the chDB directory).
+    # Loopback port of the sink's read endpoint (the sink owns the chDB directory).
     query_port: int = 0
+    # A tenant's API key (`switchyard keys create`): the CLI then acts as that tenant. Unset: the
+    # operator, whose token is in the data dir (owner-only).
+    api_key: str | None = Field(default=None, repr=False, exclude=True)  # never frozen to a file
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     dlq_limits: DlqLimits = Field(default_factory=DlqLimits)
+    # Per-tenant request rates and completion-token budgets (streams.limits); unlimited by default.
+    # SWITCHYARD_TENANT_LIMITS__TENANTS='{"acme": {"requests": "20/second", "completion_tokens": "50000/hour"}}'
+    tenant_limits: TenantLimitSettings = Field(default_factory=TenantLimitSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
 
     @property
     def clickhouse_dsn(self) -> str:

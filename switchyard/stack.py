@@ -2,7 +2,11 @@
 
 Every stage runs as its own process (`switchyard stage ...`), so any one can be killed and
 restarted mid-job; the broker is the exception: it keeps everything in memory, so losing it
-means restarting the whole stack (see docs/architecture.md).
+means restarting the whole stack (see docs/architecture.md), then `switchyard replay JOB`.
+
+Lifetime: every child (broker, Ray Serve, stages) gets a parent-death signal
+(infra.lifetime.die_with_parent), so none outlives a stack killed with SIGKILL; `stop()` stops
+them in order, each draining: router and workers, then the sink, then Ray Serve and the broker.
 """
 from __future__ import annotations
 
@@ -13,16 +17,22 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.broker import create_topics_sync, free_port, start_broker
+from infra.lifetime import STACK_ID_ENV, die_with_parent, reaper_command, sweep
 from schemas.common import TIERS
 from switchyard.settings import SETTINGS_FILE_ENV, Settings
 
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 5
+# Stopped first, together: they drain their in-flight batch (the workers need Ray Serve and the
+# broker for that). Then the sink, so it stores what they produced while draining.
+PRODUCERS_FIRST = ("api", "router", "retrainer", *(f"worker-{t}" for t in TIERS))
+SINK_SETTLE_SECONDS = 2.0  # the sink's poll + flush interval, so the drained results get stored
 
 
 class StackError(RuntimeError):
@@ -45,6 +55,7 @@ class StackInfo:
     query_url: str
     pid: int
     ray_address: str | None = None
+    pid_started: int | None = None  # the pid's start time (/proc), so a reused pid is not a stack
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__))
@@ -61,6 +72,31 @@ def info_path(settings: Settings) -> Path:
     return settings.data_dir / "stack.json"
 
 
+def running_stack(settings: Settings) -> StackInfo | None:
+    """The stack whose stack.json is in the data dir, if its process still runs."""
+    info = StackInfo.load(info_path(settings))
+    if info is None or not _pid_alive(info.pid):
+        return None
+    if info.pid_started is not None and info.pid_started != _start_ticks(info.pid):
+        return None  # the pid was reused by another process
+    return info
+
+
+def clear_stale(settings: Settings) -> str | None:
+    """Remove a stack.json left by a stack that died without stopping; say so in one line."""
+    path = info_path(settings)
+    info = StackInfo.load(path)
+    if info is None:
+        if path.exists():
+            path.unlink(missing_ok=True)
+            return f"removed an unreadable {path}"
+        return None
+    if running_stack(settings) is not None:
+        return None
+    path.unlink(missing_ok=True)
+    return f"cleared a stale {path}: its stack (pid {info.pid}, broker {info.bootstrap}) is gone"
+
+
 def run_dir(settings: Settings) -> Path:
     return settings.data_dir / "run"
 
@@ -73,16 +109,21 @@ class Stack:
     broker: subprocess.Popen | None = None
     serve: subprocess.Popen | None = None
     info: StackInfo | None = None
+    stack_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # in every child's environment
+    reaper: subprocess.Popen | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self, timeout: float = 600) -> StackInfo:
         """Start everything. `self.settings` becomes the stack's runtime settings (broker address,
         query port, Ray address), a copy: the caller's Settings are left as they were."""
-        running = StackInfo.load(info_path(self.settings))
-        if running is not None and _pid_alive(running.pid):
+        running = running_stack(self.settings)
+        if running is not None:
             raise StackError(f"a stack is already running on {self.settings.data_dir} (pid {running.pid}, "
                              f"broker {running.bootstrap}); stop it or use another SWITCHYARD_DATA_DIR")
+        stale = clear_stale(self.settings)
+        if stale:
+            log.warning("%s", stale)
         s = self.settings = self.settings.model_copy(
             deep=True, update={"data_dir": self.settings.data_dir.resolve(), "query_port": free_port()})
         s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -92,15 +133,18 @@ class Stack:
         rd.mkdir(exist_ok=True)
         for f in rd.glob("*"):
             f.unlink()
-        self.broker, bootstrap = start_broker(log_path=logs / "broker.log")
+        # Sweeps what the parent-death signal cannot reach (Ray's workers) if this process dies.
+        self.reaper = subprocess.Popen(reaper_command(self.stack_id), start_new_session=True,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.broker, bootstrap = start_broker(log_path=logs / "broker.log", preexec_fn=die_with_parent())
         create_topics_sync(bootstrap, s.kafka.topic_prefix)
         s.kafka = s.kafka.model_copy(update={"bootstrap": bootstrap})
         frozen = s.data_dir / "settings.json"
         frozen.write_text(s.model_dump_json(indent=2))
-        self.env = {**os.environ, SETTINGS_FILE_ENV: str(frozen),
+        self.env = {**os.environ, SETTINGS_FILE_ENV: str(frozen), STACK_ID_ENV: self.stack_id,
                     "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.info = StackInfo(bootstrap=bootstrap, query_url=f"http://127.0.0.1:{s.query_port}",
-                              pid=os.getpid())
+                              pid=os.getpid(), pid_started=_start_ticks(os.getpid()))
         if s.workers.engine == "serve":
             self.serve = self._spawn(["serve"], "serve")
             self.info.ray_address = self._wait_for_file(rd / "serve.ready", timeout, self.serve, "serve")
@@ -124,7 +168,7 @@ class Stack:
         log_file = open(self.settings.data_dir / "logs" / f"{name}.log", "ab")
         return subprocess.Popen([sys.executable, "-m", "switchyard.cli", "stage", *args],
                                 env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent())
 
     def _start_stage(self, stage: Stage) -> None:
         (run_dir(self.settings) / f"{stage.name}.ready").unlink(missing_ok=True)
@@ -177,19 +221,20 @@ class Stack:
             time.sleep(poll_seconds)
 
     def stop(self, grace: float = 20.0) -> None:
-        procs = [st.proc for st in self.stages.values() if st.proc] + [self.serve, self.broker]
-        for proc in procs:
-            if proc and proc.poll() is None:
-                _kill_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for proc in procs:
-            if proc is None:
-                continue
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _kill_group(proc, signal.SIGKILL)
-                proc.wait()
+        """Stop every process, in order, each given `grace` seconds to drain before SIGKILL:
+        router, retrainer and tier workers; the sink; Ray Serve; the broker."""
+        first = [st.proc for name, st in self.stages.items() if name in PRODUCERS_FIRST]
+        rest = [st.proc for name, st in self.stages.items() if name not in PRODUCERS_FIRST]
+        if _stop_all(first, grace) and any(p.poll() is None for p in rest if p):
+            time.sleep(SINK_SETTLE_SECONDS)
+        _stop_all(rest, grace)
+        _stop_all([self.serve], grace)
+        _stop_all([self.broker], grace)
+        if sweep(self.stack_id):  # e.g. Ray workers of a Serve stage that was killed
+            log.warning("killed processes of the stack that outlived their stage")
+        if self.reaper is not None and self.reaper.poll() is None:
+            self.reaper.kill()
+            self.reaper.wait()
         if self.info is not None:  # only the stack that wrote the info file removes it
             info_path(self.settings).unlink(missing_ok=True)
 
@@ -213,6 +258,39 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _stop_all(procs: list[subprocess.Popen | None], grace: float) -> bool:
+    """SIGTERM each process (not its group: Ray Serve shuts its own Ray processes down), wait up
+    to `grace`, SIGKILL what is left; then SIGKILL whatever remains in their process groups.
+    Returns whether any of them was running."""
+    procs = [p for p in procs if p is not None]
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("pid %s did not stop within %.0fs; killing it", proc.pid, grace)
+            proc.kill()
+            proc.wait()
+    for proc in procs:
+        _kill_group(proc, signal.SIGKILL)
+    return bool(running)
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:

@@ -28,7 +28,17 @@ def router_processor(settings: Settings):
     batch_size = settings.router.embed_batch_size
     return RouterProcessor(
         router, lambda texts: embed(texts, encoder=encoder, batch_size=batch_size, use_cache=False),
-        served_models(settings.workers), settings.kafka.topics, settings.router.explore_rate)
+        served_models(settings.workers), settings.kafka.topics, settings.router.explore_rate,
+        limits=tenant_gate(settings))
+
+
+def tenant_gate(settings: Settings):
+    """The router's per-tenant limits, or None when no tenant has any (nothing is counted)."""
+    from streams.limits import TenantGate
+
+    if not settings.tenant_limits.active:
+        return None
+    return TenantGate(settings.tenant_limits, settings.workers.max_tokens_cap)
 
 
 def run_router(settings: Settings, ready: Ready) -> None:
@@ -43,21 +53,32 @@ def run_router(settings: Settings, ready: Ready) -> None:
 
 
 def run_sink(settings: Settings, ready: Ready) -> None:
+    from infra.auth import Keyring
     from streams.sink import run_sink as sink
 
     ch = settings.clickhouse
+    keyring = Keyring(settings.secrets_dir)
+    keyring.ensure_operator_token()  # the endpoint's owner makes sure its operator can call it
     asyncio.run(sink(settings.kafka, settings.clickhouse_dsn, batch_size=ch.sink_batch_size,
                      flush_seconds=ch.sink_flush_seconds, query_port=settings.query_port,
-                     dlq_limit=settings.dlq_limits.sink, on_ready=lambda: ready("ok")))
+                     keyring=keyring, dlq_limit=settings.dlq_limits.sink, on_ready=lambda: ready("ok")))
 
 
 def run_worker(tier: Tier, settings: Settings, ready: Ready) -> None:
+    from workers.breaker import TierBreaker, breaker_file
+    from workers.faults import FaultyEngine, fault_file
     from workers.tier_worker import TierProcessor, run_tier_worker
     from workers.tiers import build_engine, served_tier
 
+    run_dir = settings.data_dir / "run"  # the stack's run dir (switchyard.stack.run_dir)
+    workers = settings.workers
+
     async def main() -> None:
-        engine = await asyncio.to_thread(build_engine, tier, settings.workers)
-        processor = TierProcessor(served_tier(tier, settings.workers), engine, settings.kafka.topics)
+        engine = await asyncio.to_thread(build_engine, tier, workers)
+        if workers.fault_files:
+            engine = FaultyEngine(engine, fault_file(run_dir, tier))
+        breaker = TierBreaker(tier, workers.breaker, breaker_file(run_dir, tier))
+        processor = TierProcessor(served_tier(tier, workers), engine, settings.kafka.topics, breaker)
         await run_tier_worker(processor, settings.kafka, dlq_limit=settings.dlq_limits.worker,
                               on_ready=lambda: ready("ok"))
 
@@ -132,3 +153,31 @@ def run_retrainer(settings: Settings, ready: Ready) -> None:
             log.exception("retrain failed")
             not_before = time.monotonic() + r.every_minutes * 60
         time.sleep(r.poll_seconds)  # let the sink store the verdict before counting again
+
+
+def run_api(settings: Settings, ready: Ready) -> None:
+    """The OpenAI-compatible API on `settings.api.host:port` (a free port when 0) until SIGTERM."""
+    import socket
+
+    import uvicorn
+
+    from switchyard.api.app import create_app
+    from workers.tiers import served_models
+
+    api = settings.api
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((api.host, api.port))
+    host, port = sock.getsockname()[:2]
+    app = create_app(settings, settings.kafka, served_models(settings.workers))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+
+    async def main() -> None:
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            ready(f"http://{host}:{port}/v1")
+        await serving
+
+    asyncio.run(main())

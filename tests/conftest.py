@@ -43,11 +43,11 @@ def request_line(custom_id: str, prompt: str, **extra) -> bytes:
                        **extra}).encode()
 
 
-def run_job(settings: Settings, lines: list[bytes], job_id: str, timeout: float = 240):
+def run_job(settings: Settings, lines: list[bytes], job_id: str, timeout: float = 240, tenant: str = "tests"):
     """Publish a job's lines and wait for every answer and dead letter; returns (sub, outcome)."""
     from switchyard.jobs import JobFile, prepare, publish, wait_for
 
-    sub, messages = prepare(JobFile(Path(f"{job_id}.jsonl"), lines), job_id, "tests")
+    sub, messages = prepare(JobFile(Path(f"{job_id}.jsonl"), lines), job_id, tenant)
     asyncio.run(publish(settings.kafka, sub, messages))
     outcome = asyncio.run(wait_for(settings.kafka, sub, timeout))
     assert not outcome.timed_out, f"job {job_id} timed out: {len(outcome.results)}/{len(sub.expected)}"

@@ -144,7 +144,6 @@ def test_a_plain_third_party_kafka_client_gets_a_result(stack):
 
 def test_auto_grades_flow_to_feedback_and_the_outcomes_report(stack):
     from switchyard.feedback import Reference, auto_grade, publish_feedback
-    from switchyard.warehouse import outcomes_sql
 
     lines = [request_line("g-1", "What is 2 + 2? Answer with a number."),
              request_line("g-2", "Say the word banana.")]
@@ -156,7 +155,7 @@ def test_auto_grades_flow_to_feedback_and_the_outcomes_report(stack):
     asyncio.run(publish_feedback(stack.settings.kafka, feedback))
     n = _wait_rows(stack, "SELECT count() AS n FROM feedback FINAL WHERE job_id = {job:String}", "e2e-graded", 2)
     assert n == 2
-    rows = _query(stack, outcomes_sql("tier", job_filter=True), "e2e-graded")
+    rows = Warehouse.open(stack.settings).ask("outcomes", by="tier", job="e2e-graded")
     assert sum(r["requests"] for r in rows) == 2 and sum(r["graded"] for r in rows) == 2
     expected = sum(f.score for f in feedback) / 2
     got = sum(r["quality"] * r["graded"] for r in rows) / 2

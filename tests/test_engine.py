@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -113,3 +114,18 @@ def test_build_engine_inprocess_all_tiers_small(tmp_path):
         assert 0 < r["usage"]["completion_tokens"] <= 8
     finally:
         e.close()
+
+
+def test_llama_cpp_port_refuses_local_callers_without_the_key(engine):
+    """llama.cpp's own HTTP port is not a back door: another local process gets 401."""
+    import urllib.error
+    import urllib.request
+
+    address = engine._server.listening_address
+    assert address.startswith("http://127.0.0.1:")
+    request = urllib.request.Request(f"{address}/v1/chat/completions", headers={"Content-Type": "application/json"},
+                                     data=json.dumps(chat_body("Say hi.", max_tokens=2)).encode())
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 401
+    assert engine.chat_sync(chat_body("Say hi.", max_tokens=2))["choices"]  # in-process calls still work

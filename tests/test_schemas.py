@@ -47,3 +47,23 @@ def test_result_renders_as_an_openai_batch_output_line():
     assert line["response"]["status_code"] == 200 and ok.answer_text() == "hello"
     failed = ok.model_copy(update={"status": "error", "response": None, "error": "boom"})
     assert failed.to_batch_output_line()["error"]["message"] == "boom"
+
+
+def test_content_parts_and_tool_call_turns_are_requests_image_parts_a_clear_error():
+    from schemas import ChatCompletionBody
+    from pydantic import ValidationError
+
+    body = ChatCompletionBody.model_validate({"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}, {"type": "text", "text": "Now."}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                                 "function": {"name": "add", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "4"},
+        {"role": "user", "content": [{"type": "text", "text": "Thanks."}]}]})
+    assert body.last_user_text() == "Thanks."
+    assert body.prompt_text().startswith("Be brief.\nWhat is 2+2?\nNow.\n\n4")
+    with pytest.raises(ValidationError, match="type 'image_url' are not supported yet"):
+        ChatCompletionBody.model_validate({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]})
+    with pytest.raises(ValidationError, match="null only for an assistant message with tool_calls"):
+        ChatCompletionBody.model_validate({"messages": [{"role": "user", "content": None}]})

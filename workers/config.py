@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from schemas.common import TIERS, Tier
 from workers.models import LOCAL_MODELS
 
 
@@ -36,6 +37,32 @@ def default_tier_models() -> dict[str, TierModel]:
             for tier, (p_in, p_out) in _DEFAULT_PRICES.items()}
 
 
+def default_fallbacks() -> dict[Tier, list[Tier]]:
+    # Up first (a bigger model answers at least as well), then down as the last resort.
+    return {"small": ["medium", "large"], "medium": ["large", "small"], "large": ["medium", "small"]}
+
+
+class BreakerSettings(BaseModel):
+    """The circuit breaker of each tier worker (workers.breaker) and where its traffic goes while
+    it is open: the worker forwards the work item to the next tier of its fallback chain."""
+
+    enabled: bool = True
+    failures_to_open: int = Field(default=5, ge=1, description="consecutive failed engine calls that open it")
+    reset_timeout_seconds: float = Field(default=30.0, gt=0, description="open this long, then probe")
+    engine_attempts: int = Field(default=3, ge=1, description="tries per request while it is closed")
+    fallbacks: dict[Tier, list[Tier]] = Field(default_factory=default_fallbacks)
+
+    @model_validator(mode="after")
+    def _chains_name_other_tiers(self) -> BreakerSettings:
+        for tier, chain in self.fallbacks.items():
+            if tier in chain:
+                raise ValueError(f"the fallback chain of {tier} names {tier} itself")
+        return self
+
+    def chain(self, tier: str) -> list[str]:
+        return list(self.fallbacks.get(tier, [t for t in TIERS if t != tier]))
+
+
 class WorkerSettings(BaseModel):
     # "serve": the tier worker calls a Ray Serve deployment; "inprocess": loads the model itself.
     engine: Literal["serve", "inprocess"] = "serve"
@@ -48,3 +75,7 @@ class WorkerSettings(BaseModel):
     ray_num_cpus: float = 2.0
     # Set by the stack for its stages: the GCS address of the Ray cluster running Serve.
     ray_address: str | None = None
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    # A tier's model fails every call while <data_dir>/run/fault.<tier> exists (workers.faults),
+    # for chaos runs and tests. Off: the file is never looked at.
+    fault_files: bool = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -78,7 +79,7 @@ def prepare_body(body: dict, max_tokens_cap: int) -> dict:
     if body.get("n", 1) not in (1, None):
         raise EngineError("only n=1 is supported", status=400, type="invalid_request_error")
     out = {k: v for k, v in body.items() if k in _PASS_FIELDS}
-    requested = body.get("max_completion_tokens", body.get("max_tokens"))
+    requested = requested_max_tokens(body)
     if requested is None:
         requested = max_tokens_cap
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
@@ -86,6 +87,23 @@ def prepare_body(body: dict, max_tokens_cap: int) -> dict:
                           type="invalid_request_error")
     out["max_tokens"] = min(requested, max_tokens_cap)
     return out
+
+
+def requested_max_tokens(body: dict):
+    return body.get("max_completion_tokens", body.get("max_tokens"))
+
+
+def body_warnings(body: dict, max_tokens_cap: int, served_model: str) -> list[str]:
+    """What will not be done as the body asks, to be said on the result rather than silently:
+    a max_tokens above the cap (prepare_body caps it) and a `model` other than the one serving."""
+    warnings = []
+    requested = requested_max_tokens(body)
+    if isinstance(requested, int) and not isinstance(requested, bool) and requested > max_tokens_cap:
+        warnings.append(f"max_tokens {requested} capped at {max_tokens_cap}")
+    model = body.get("model")
+    if model and model != served_model:
+        warnings.append(f"model {str(model)[:200]!r} is not served here; {served_model} answered")
+    return warnings
 
 
 class XllamacppEngine:
@@ -114,6 +132,9 @@ class XllamacppEngine:
         p.cpuparams.n_threads = threads
         p.cpuparams_batch.n_threads = threads
         p.verbosity = verbosity  # 0: quiet (llama.cpp logs each slot at the default 3)
+        # llama.cpp also listens on a loopback port; we call it in-process only, so that port
+        # gets a random key nobody knows (401 for every other local caller but /health).
+        p.api_keys = [secrets.token_urlsafe(32)]
         t0 = time.perf_counter()
         try:
             self._server = xllamacpp.Server(p)

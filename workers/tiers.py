@@ -22,6 +22,7 @@ class ServedTier:
     model: TierModel  # name, slots, threads, prices, endpoint
     spec: ModelSpec | None  # the local GGUF; None when an endpoint serves the tier
     engine: EngineKind
+    max_tokens_cap: int = 256  # the engines cap max_tokens at this (settings.workers.max_tokens_cap)
 
     @property
     def name(self) -> str:
@@ -47,8 +48,8 @@ def served_tier(tier: str, workers: WorkerSettings) -> ServedTier:
     if model is None:
         raise KeyError(f"no model configured for tier {key!r} (settings.workers.models)")
     if model.endpoint:
-        return ServedTier(tier, model, None, "endpoint")
-    return ServedTier(tier, model, get_spec(model.name), workers.engine)
+        return ServedTier(tier, model, None, "endpoint", workers.max_tokens_cap)
+    return ServedTier(tier, model, get_spec(model.name), workers.engine, workers.max_tokens_cap)
 
 
 def served_models(workers: WorkerSettings, tiers: Iterable[str] = TIERS) -> dict[str, str]:

@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS results (
 ) ENGINE = ReplacingMergeTree(finished_at)
 ORDER BY (job_id, request_id);
 
+-- What a result did not do as asked (max_tokens capped, another model than the one named).
+ALTER TABLE results ADD COLUMN IF NOT EXISTS warnings Array(String) DEFAULT [];
+-- The tiers whose model failed a request before `tier` answered it (the breaker's fallback chain).
+ALTER TABLE results ADD COLUMN IF NOT EXISTS fallback_from Array(LowCardinality(String)) DEFAULT [];
+
 CREATE TABLE IF NOT EXISTS feedback (
     request_id String,
     job_id String,
@@ -88,6 +93,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 ) ENGINE = ReplacingMergeTree(created_at)
 ORDER BY (stage, topic, partition, offset);
 
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS tenant LowCardinality(String) DEFAULT '' AFTER job_id;
+
 -- Every retrained candidate and the gate's verdict (from router.models): published versions
 -- keep their artifact, so a fresh broker can be given the live version back.
 CREATE TABLE IF NOT EXISTS router_versions (
@@ -105,7 +112,9 @@ ORDER BY (version, verdict);
 -- The router's training rows: one per graded answer, joining the decision (tier, exploration,
 -- propensity, version), the result (served model, cost, latency), the request (its body, for
 -- the query text) and the request's feedback (mean score over sources).
-CREATE VIEW IF NOT EXISTS training_outcomes AS
+-- OR REPLACE: a changed definition reaches existing data dirs. Answers a fallback tier gave (a
+-- breaker was open) are left out: the tier that answered is not the one the log's propensity is for.
+CREATE OR REPLACE VIEW training_outcomes AS
 SELECT
     d.request_id AS request_id, d.job_id AS job_id, d.tenant AS tenant, d.custom_id AS custom_id, q.body AS body,
     d.tier AS tier, r.model AS served_model, r.status AS status, f.score AS score,
@@ -114,7 +123,7 @@ SELECT
     d.router_version AS router_version, d.cluster AS cluster, d.explored AS explored,
     d.propensity AS propensity, f.feedback_at AS feedback_at
 FROM (SELECT * FROM decisions FINAL) AS d
-INNER JOIN (SELECT * FROM results FINAL) AS r ON r.request_id = d.request_id
+INNER JOIN (SELECT * FROM results FINAL WHERE empty(fallback_from)) AS r ON r.request_id = d.request_id
 INNER JOIN (SELECT request_id, body FROM requests FINAL) AS q ON q.request_id = d.request_id
 INNER JOIN (
     SELECT request_id, avg(score) AS score, groupUniqArray(source) AS sources, max(created_at) AS feedback_at

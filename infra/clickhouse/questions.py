@@ -1,0 +1,113 @@
+"""The named questions anyone but the operator may ask of ClickHouse, and nothing else.
+
+Each question is fixed SQL with typed parameters; every one is scoped to a tenant: a tenant's
+caller always gets its own tenant (whatever it sends), the operator may name one or ask for
+all (tenant ""). The sink's endpoint and the direct (embedded) reader both go through `bind`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+# True for the operator's "all tenants", else the row's tenant must be the caller's.
+SCOPE = "({tenant:String} = '' OR tenant = {tenant:String})"
+
+
+class QuestionError(ValueError):
+    """An unknown question or a parameter it does not take."""
+
+
+@dataclass(frozen=True)
+class Question:
+    name: str
+    help: str
+    sql: str | Callable[[dict[str, str]], str]
+    params: tuple[str, ...] = ()  # required string parameters (besides the tenant)
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)  # optional, enumerated
+    defaults: dict[str, str] = field(default_factory=dict)
+
+
+JOB_STATUS = f"""
+SELECT
+    (SELECT count() FROM requests FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS requests,
+    (SELECT count() FROM decisions FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS routed,
+    (SELECT count() FROM results FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS answered,
+    (SELECT countIf(status = 'error') FROM results FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS errors,
+    (SELECT count() FROM dead_letters FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS dead_letters
+"""
+
+JOB_RESULTS = f"""
+SELECT r.custom_id AS custom_id, r.tier AS tier, r.model AS model, r.status AS status,
+       r.answer AS answer, r.error AS error, r.response AS response,
+       r.end_to_end_ms AS end_to_end_ms, r.cost_usd AS cost_usd, d.cluster AS cluster
+FROM (SELECT * FROM results FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS r
+LEFT JOIN (SELECT request_id, cluster FROM decisions FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS d
+USING request_id
+ORDER BY custom_id
+"""
+
+JOB_DEAD_LETTERS = f"""
+SELECT stage, reason, original, topic, partition, offset
+FROM dead_letters FINAL WHERE job_id = {{job:String}} AND {SCOPE} ORDER BY topic, partition, offset
+"""
+
+# Routing outcomes for analysts: volume, quality (mean feedback score), cost and latency.
+OUTCOMES_BY = {"tier": "r.tier", "cluster": "d.cluster", "tenant": "r.tenant", "model": "r.model"}
+
+
+def outcomes_sql(params: dict[str, str]) -> str:
+    by = params["by"]
+    where = f"WHERE ({{job:String}} = '' OR job_id = {{job:String}}) AND {SCOPE}"
+    return f"""
+SELECT {OUTCOMES_BY[by]} AS {by}, count() AS requests, countIf(r.status = 'error') AS errors,
+       count(f.score) AS graded, avg(f.score) AS quality,
+       sum(r.cost_usd) AS cost_usd, quantile(0.5)(r.end_to_end_ms) AS p50_ms,
+       quantile(0.95)(r.end_to_end_ms) AS p95_ms
+FROM (SELECT * FROM results FINAL {where}) AS r
+LEFT JOIN (SELECT request_id, cluster FROM decisions FINAL {where}) AS d USING request_id
+LEFT JOIN (SELECT request_id, avg(score) AS score FROM feedback FINAL
+           WHERE ({{job:String}} = '' OR job_id = {{job:String}}) GROUP BY request_id) AS f
+    USING request_id
+GROUP BY {by} ORDER BY {by}
+SETTINGS join_use_nulls = 1
+"""
+
+
+QUESTIONS: dict[str, Question] = {q.name: q for q in (
+    Question("job_status", "counts of a job's requests, decisions, results, errors and dead letters",
+             JOB_STATUS, params=("job",)),
+    Question("job_results", "a job's answers, one row per request", JOB_RESULTS, params=("job",)),
+    Question("job_dead_letters", "a job's dead letters with their reasons", JOB_DEAD_LETTERS,
+             params=("job",)),
+    Question("outcomes", "volume, graded quality, cost and latency, grouped (one job or all)",
+             outcomes_sql, choices={"by": tuple(OUTCOMES_BY)}, defaults={"by": "tier", "job": ""}),
+)}
+
+
+def bind(name: str, params: dict, tenant: str | None) -> tuple[str, dict[str, str]]:
+    """The SQL and parameters for question `name` asked by a caller of `tenant` (None: the
+    operator, who may pass `tenant` itself, "" meaning every tenant)."""
+    question = QUESTIONS.get(name)
+    if question is None:
+        raise QuestionError(f"unknown question {name!r}; known: {', '.join(sorted(QUESTIONS))}")
+    if not isinstance(params, dict):
+        raise QuestionError("parameters must be a JSON object")
+    allowed = set(question.params) | set(question.choices) | set(question.defaults) | {"tenant"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise QuestionError(f"{name} takes no parameter {', '.join(sorted(unknown))}")
+    bound = {**question.defaults}
+    for key, value in params.items():
+        if not isinstance(value, str):
+            raise QuestionError(f"{name}: parameter {key} must be a string")
+        bound[key] = value
+    missing = [p for p in question.params if not bound.get(p)]
+    if missing:
+        raise QuestionError(f"{name} needs {', '.join(missing)}")
+    for key, options in question.choices.items():
+        bound.setdefault(key, options[0])
+        if bound[key] not in options:
+            raise QuestionError(f"{name}: {key} must be one of {', '.join(options)}")
+    bound["tenant"] = bound.get("tenant", "") if tenant is None else tenant
+    sql = question.sql(bound) if callable(question.sql) else question.sql
+    return sql, bound
