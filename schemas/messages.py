@@ -1,12 +1,21 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.common import SCHEMA_VERSION, Tier, request_id_for, utcnow
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+# A time without a zone is read as UTC (what ClickHouse hands back), so no stage ever has to
+# compare a naive time with an aware one.
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class _Message(BaseModel):
@@ -98,7 +107,7 @@ class QueryRequest(BatchRequestLine):
     """A request on the `queries` topic: a batch line whose job is known."""
 
     job_id: str = Field(min_length=1, max_length=256)
-    submitted_at: datetime = Field(default_factory=utcnow)
+    submitted_at: UtcDatetime = Field(default_factory=utcnow)
 
     @property
     def request_id(self) -> str:
@@ -129,8 +138,8 @@ class RoutingDecision(_RequestRef):
     explored: bool = Field(default=False, description="an exploration pick, off the router's policy")
     propensity: float = Field(default=1.0, gt=0, le=1,
                               description="the probability that the logging policy picked this tier")
-    submitted_at: datetime
-    decided_at: datetime = Field(default_factory=utcnow)
+    submitted_at: UtcDatetime
+    decided_at: UtcDatetime = Field(default_factory=utcnow)
 
 
 class WorkItem(_RequestRef):
@@ -139,8 +148,8 @@ class WorkItem(_RequestRef):
     tier: Tier
     body: ChatCompletionBody
     router_version: str
-    submitted_at: datetime
-    decided_at: datetime
+    submitted_at: UtcDatetime
+    decided_at: UtcDatetime
     fallback_from: list[Tier] = Field(default_factory=list,
                                       description="tiers that failed it, in order, before this one")
 
@@ -171,8 +180,8 @@ class Result(_RequestRef):
     model_latency_ms: float = 0.0
     end_to_end_ms: float = 0.0
     router_version: str
-    submitted_at: datetime
-    finished_at: datetime = Field(default_factory=utcnow)
+    submitted_at: UtcDatetime
+    finished_at: UtcDatetime = Field(default_factory=utcnow)
     warnings: list[str] = Field(default_factory=list,
                                 description="what was not done as asked (a capped max_tokens, another model)")
     fallback_from: list[Tier] = Field(default_factory=list,
@@ -206,7 +215,7 @@ class Feedback(_Message):
     score: float = Field(ge=0, le=1, allow_inf_nan=False)
     metric: str | None = None
     comment: str | None = None
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: UtcDatetime = Field(default_factory=utcnow)
 
 
 class RouterVersion(_Message):
@@ -222,7 +231,7 @@ class RouterVersion(_Message):
     metrics: dict[str, Any] = Field(default_factory=dict)
     n_outcomes: int = 0
     artifact_base64: str = ""
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: UtcDatetime = Field(default_factory=utcnow)
 
     @model_validator(mode="after")
     def _published_has_artifact(self) -> RouterVersion:
@@ -246,7 +255,7 @@ class DeadLetter(_Message):
     job_id: str | None = None
     tenant: str | None = Field(default=None, description="the submitter's tenant, from the Kafka header")
     key: str | None = None
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: UtcDatetime = Field(default_factory=utcnow)
 
     @classmethod
     def of(cls, stage: str, reason: str, raw: bytes, topic: str, partition: int, offset: int,

@@ -82,6 +82,9 @@ def up(
         with console.status("starting broker, Ray Serve and stages (first start assembles models)…"):
             info = stack.start()
         console.print(f"[green]Switchyard is up.[/] broker {info.bootstrap}; logs in {settings.data_dir}/logs")
+        if info.api_url:
+            console.print(f"OpenAI-compatible API at {info.api_url} (keys: `switchyard keys create --tenant T`)",
+                          soft_wrap=True)
         console.print("Submit work with `switchyard submit FILE.jsonl --wait`. Ctrl-C stops.")
         stack.supervise()
     except KeyboardInterrupt:
@@ -169,6 +172,9 @@ def submit(
     file: Path = typer.Argument(..., help="OpenAI Batch style JSONL, one request per line."),
     wait: bool = typer.Option(False, "--wait", help="Wait for every answer, with a progress bar."),
     out_file: Optional[Path] = typer.Option(None, "--out", help="With --wait: write OpenAI Batch output here."),
+    errors_file: Optional[Path] = typer.Option(
+        None, "--errors", help="With --wait: the error file (failed and dead-lettered lines); default with "
+                               "--out: OUT's name with .errors.jsonl, written when there are any."),
     job_id: Optional[str] = typer.Option(None, help="Default: derived from the file's content (idempotent)."),
     tenant: Optional[str] = typer.Option(
         None, help="The operator submits for any tenant (default: 'default'); with SWITCHYARD_API_KEY "
@@ -181,7 +187,7 @@ def submit(
 ) -> None:
     """Publish a job to the queries topic, stamped with the submitter's tenant; returns once every
     request is stored in ClickHouse (or says to keep the file)."""
-    from switchyard.jobs import write_batch_output
+    from switchyard.jobs import write_batch_errors, write_batch_output
     from switchyard.submit_checks import broker_lost_line, stored_counter, unstored_line
 
     settings = _settings()
@@ -206,6 +212,12 @@ def submit(
         if out_file:
             write_batch_output(out_file, outcome)
             summary["out"] = str(out_file)
+        failed = sum(r.status != "ok" for r in outcome.results.values()) + len(outcome.dead_letters)
+        if errors_file is None and out_file is not None and failed:
+            errors_file = out_file.with_name(out_file.name.removesuffix(".jsonl") + ".errors.jsonl")
+        if errors_file is not None:
+            write_batch_errors(errors_file, outcome)
+            summary["errors_file"] = str(errors_file)
     if outcome is not None and outcome.broker_lost:
         summary["broker_lost"] = True
         console.print(f"[red]{escape(broker_lost_line(sub, outcome, out_file))}[/]", soft_wrap=True)
@@ -419,6 +431,16 @@ def stage_retrainer() -> None:
     from switchyard.stages import run_retrainer
 
     _run_stage("retrainer", run_retrainer)
+
+
+@stage_app.command("restore-router")
+def stage_restore_router() -> None:
+    """Republish the newest published router version from ClickHouse to router.models."""
+    from switchyard.live_router import restore_published
+
+    _stage_logging()
+    version = restore_published(get_settings())
+    logging.getLogger(__name__).info("restored %s", version or "nothing (no published version)")
 
 
 @stage_app.command("api")

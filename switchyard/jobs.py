@@ -279,6 +279,21 @@ def _take_dead_letter(raw: bytes, sub: Submission, outcome: JobOutcome, seen: se
 
 
 def write_batch_output(path: Path, outcome: JobOutcome) -> None:
+    """The answered requests, in OpenAI's batch output format (failures go to the error file)."""
     with path.open("w") as f:
         for custom_id in sorted(outcome.results):
-            f.write(json.dumps(outcome.results[custom_id].to_batch_output_line()) + "\n")
+            if outcome.results[custom_id].status == "ok":
+                f.write(json.dumps(outcome.results[custom_id].to_batch_output_line()) + "\n")
+
+
+def write_batch_errors(path: Path, outcome: JobOutcome) -> int:
+    """One line per failed or dead-lettered request (OpenAI's error file); returns how many."""
+    from switchyard.batch_files import dead_letter_line, error_line
+
+    lines = [error_line(r.request_id, r.custom_id, "model_error", r.error or "")
+             for _, r in sorted(outcome.results.items()) if r.status != "ok"]
+    lines += [dead_letter_line(letter.original, letter.reason) for letter in outcome.dead_letters]
+    with path.open("w") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+    return len(lines)

@@ -56,6 +56,7 @@ class StackInfo:
     pid: int
     ray_address: str | None = None
     pid_started: int | None = None  # the pid's start time (/proc), so a reused pid is not a stack
+    api_url: str | None = None  # the OpenAI-compatible API's base URL
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__))
@@ -126,6 +127,8 @@ class Stack:
             log.warning("%s", stale)
         s = self.settings = self.settings.model_copy(
             deep=True, update={"data_dir": self.settings.data_dir.resolve(), "query_port": free_port()})
+        if s.api.enabled and s.api.port == 0:  # chosen once, so a restarted API keeps its address
+            s.api = s.api.model_copy(update={"port": free_port()})
         s.data_dir.mkdir(parents=True, exist_ok=True)
         logs = s.data_dir / "logs"
         logs.mkdir(exist_ok=True)
@@ -144,7 +147,9 @@ class Stack:
         self.env = {**os.environ, SETTINGS_FILE_ENV: str(frozen), STACK_ID_ENV: self.stack_id,
                     "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.info = StackInfo(bootstrap=bootstrap, query_url=f"http://127.0.0.1:{s.query_port}",
-                              pid=os.getpid(), pid_started=_start_ticks(os.getpid()))
+                              pid=os.getpid(), pid_started=_start_ticks(os.getpid()),
+                              api_url=f"http://{s.api.host}:{s.api.port}/v1" if s.api.enabled else None)
+        self._restore_router(timeout)
         if s.workers.engine == "serve":
             self.serve = self._spawn(["serve"], "serve")
             self.info.ray_address = self._wait_for_file(rd / "serve.ready", timeout, self.serve, "serve")
@@ -158,11 +163,29 @@ class Stack:
         }
         if s.retrain.enabled:
             self.stages["retrainer"] = Stage("retrainer", ["retrainer"])
+        if s.api.enabled:
+            self.stages["api"] = Stage("api", ["api"])
         for stage in self.stages.values():
             self._start_stage(stage)
         for stage in self.stages.values():
             self._wait_for_file(rd / f"{stage.name}.ready", timeout, stage.proc, stage.name)
         return self.info
+
+    def _restore_router(self, timeout: float) -> None:
+        """A fresh broker has no `router.models`: put the newest published router version back
+        from ClickHouse before the sink owns the engine (one process per chDB directory, so in a
+        short process of its own). A fresh data dir has nothing to restore."""
+        s = self.settings
+        if s.clickhouse.dsn is None and not (s.data_dir / "clickhouse").exists():
+            return
+        proc = self._spawn(["restore-router"], "restore-router")
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc, signal.SIGKILL)
+            code = proc.wait()
+        if code != 0:
+            log.warning("could not restore the published router version; see logs/restore-router.log")
 
     def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
         log_file = open(self.settings.data_dir / "logs" / f"{name}.log", "ab")

@@ -148,3 +148,14 @@ def test_tenants_see_only_their_own_files_and_batches(api):
     assert acme.files.delete(uploaded.id).deleted
     with pytest.raises(openai.NotFoundError):
         acme.files.retrieve(uploaded.id)
+
+
+def test_the_stack_serves_the_api_itself(stack, api):
+    """`up` (here: the stack fixture) starts the API stage on the address it records."""
+    _, keys = api
+    assert stack.info.api_url.startswith("http://127.0.0.1:")
+    own = openai.OpenAI(base_url=stack.info.api_url, api_key=keys["acme"], max_retries=0)
+    assert "switchyard/auto" in [m.id for m in own.models.list()]
+    answer = own.chat.completions.create(model="small", messages=[{"role": "user", "content": "Say yes."}],
+                                         max_tokens=4)
+    assert answer.choices[0].message.content

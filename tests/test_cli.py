@@ -64,6 +64,10 @@ def test_up_submit_status_results_and_ctrl_c(tmp_path):
         lines = [json.loads(ln) for ln in out.read_text().splitlines()]
         assert sorted(ln["custom_id"] for ln in lines) == ["a", "b"]
         assert all(ln["response"]["status_code"] == 200 for ln in lines)
+        # every input line is accounted for: the broken one is in the error file
+        errors = [json.loads(ln) for ln in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
+        assert len(errors) == 1 and "not valid JSON" in errors[0]["error"]["message"]
+        assert summary["errors_file"].endswith("out.errors.jsonl")
 
         deadline = time.monotonic() + 60
         while True:  # through the sink's query endpoint, while the stack runs
@@ -117,6 +121,8 @@ def test_up_submit_status_results_and_ctrl_c(tmp_path):
         up.send_signal(signal.SIGINT)
         up.wait(timeout=60)
     assert up.returncode == 0
+    printed = up.stdout.read()
+    assert f"OpenAI-compatible API at {info['api_url']}" in printed.replace("\n", ""), printed
     assert not _port_open(info["bootstrap"]) and not _port_open(info["query_url"].removeprefix("http://"))
     time.sleep(1)
     assert _processes_mentioning(str(tmp_path)) == [], "Ctrl-C left stage processes behind"

@@ -58,7 +58,7 @@ def _wait_up(up: subprocess.Popen, data_dir: Path, stages: list[str], seconds: f
     _wait_until(ready, seconds, "the stack did not come up")
 
 
-LEAN_STAGES = ["sink", "router", "worker-small", "worker-medium", "worker-large"]
+LEAN_STAGES = ["sink", "router", "worker-small", "worker-medium", "worker-large", "api"]
 
 
 def test_kill_9_takes_every_child_along_and_sigterm_stops_everything(tmp_path):
@@ -68,6 +68,17 @@ def test_kill_9_takes_every_child_along_and_sigterm_stops_everything(tmp_path):
            "SWITCHYARD_RETRAIN__ENABLED": "false", "SWITCHYARD_LIFECYCLE_MARKER": marker}
     flags = ("--all-tiers-small", "--engine", "inprocess")
 
+    try:
+        _kill_9_then_sigterm(env, flags, data_dir, marker)
+    finally:  # a failed assertion must not leave a stack running for the rest of the suite
+        for pid in _processes_mentioning(marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _kill_9_then_sigterm(env: dict, flags: tuple, data_dir: Path, marker: str) -> None:
     crashed = _up(env, *flags)
     _wait_up(crashed, data_dir, LEAN_STAGES)
     children = {p: c for p, c in _processes_mentioning(marker).items() if p != crashed.pid}

@@ -67,3 +67,12 @@ def test_content_parts_and_tool_call_turns_are_requests_image_parts_a_clear_erro
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]})
     with pytest.raises(ValidationError, match="null only for an assistant message with tool_calls"):
         ChatCompletionBody.model_validate({"messages": [{"role": "user", "content": None}]})
+
+
+def test_a_time_without_a_zone_is_read_as_utc_so_no_stage_subtracts_naive_from_aware():
+    item = decode(WorkItem, json.dumps({
+        "request_id": "j:c", "job_id": "j", "tenant": "t", "custom_id": "c", "tier": "small",
+        "body": {"messages": [{"role": "user", "content": "hi"}]}, "router_version": "v",
+        "submitted_at": "2026-01-01T00:00:00", "decided_at": "2026-01-01T00:00:01"}))
+    assert item.submitted_at.utcoffset().total_seconds() == 0
+    assert (item.decided_at - item.submitted_at).total_seconds() == 1
