@@ -22,6 +22,7 @@ from router.policy import (
     normalize_rows,
     normalized_choice,
     budget_lambda,
+    cost_is_flat,
     setting_for_alpha,
     setting_for_cost,
 )
@@ -192,8 +193,8 @@ def choose_default_alpha(router: LearnedRouter, quality_share: float) -> float:
     cost = float(cal.mean_cost[ok].min()) if len(ok) else float(cal.mean_cost[np.argmax(cal.mean_quality)])
     mono = cal.monotone_cost(rising=False)
     lo, hi = max(mono[-1], 1e-12), max(mono[0], 1e-12)
-    if hi <= lo:
-        return 1.0
+    if cost_is_flat(lo, hi):
+        return 1.0  # no operating point is cheaper than another: spend nothing on cost
     return float(np.clip((np.log(max(cost, lo)) - np.log(lo)) / (np.log(hi) - np.log(lo)), 0.0, 1.0))
 
 

@@ -154,6 +154,16 @@ def budget_lambda(
     return float(np.exp(hi))
 
 
+FLAT_COST_SPREAD = 1e-3
+
+
+def cost_is_flat(lo: float, hi: float) -> bool:
+    """The cheapest and dearest calibrated operating points cost the same (within 0.1%): e.g. every
+    tier at one price. Then log-interpolating between them divides float noise by float noise,
+    and a λ fitted to that noise would pick tiers by rounding error."""
+    return not hi > lo * (1 + FLAT_COST_SPREAD)
+
+
 def setting_for_alpha(cal: Calibration, policy: str, alpha: float) -> float:
     alpha = float(np.clip(alpha, 0.0, 1.0))
     if policy != UTILITY:
@@ -164,5 +174,7 @@ def setting_for_alpha(cal: Calibration, policy: str, alpha: float) -> float:
         return float("inf")
     cost = cal.monotone_cost(rising=False)
     lo, hi = max(cost[-1], 1e-12), max(cost[0], 1e-12)
+    if cost_is_flat(lo, hi):
+        return 0.0  # every operating point costs the same: α cannot buy savings, only lose quality
     target = float(np.exp(np.log(lo) + alpha * (np.log(hi) - np.log(lo))))
     return setting_for_cost(cal, policy, target)

@@ -204,3 +204,32 @@ def test_the_schedule_retrains_on_enough_feedback_or_enough_time_with_some():
     r = RetrainSettings(every_feedback=100, every_minutes=10)
     assert retrain_due(r, 100, 0) and not retrain_due(r, 99, 599)
     assert retrain_due(r, 1, 600) and not retrain_due(r, 0, 10_000)
+
+
+def test_with_every_tier_at_one_price_the_default_operating_point_follows_quality(tmp_path):
+    """One model at one price on every tier (the lean stack): the tiers' costs differ only by a
+    token here and there, so cost offers no trade-off. The default α must not be fitted to that
+    noise (it came out NaN, and the picks then followed rounding error, not the feedback)."""
+    import random
+
+    from router.embeddings import embed
+    from router.learned import choose_default_alpha
+    from router.outcomes import fit_on_outcomes, picked_tiers, tier_models
+
+    prompts = {"math": "What is {i} times {j}? Give the number.",
+               "chat": "Write a friendly one-line greeting for guest number {i}."}
+    columns = tier_models({"small": "m", "medium": "m", "large": "m"})
+    tiers = {m: t for t, m in columns.items()}
+    rng = np.random.default_rng(19)  # the draw whose calibrated costs differ by ~1e-8 relative
+    rows = [Outcome(p.format(i=i, j=i + 3), tier, float(tier == ("large" if kind == "math" else "small")),
+                    (1.16e-6 if kind == "math" else 1.18e-6) + float(rng.choice([0, 0, 2e-8])))
+            for tier in TIERS for i in range(12) for kind, p in prompts.items()]
+    random.Random(19).shuffle(rows)
+    embed_ = lambda texts: embed(texts, cache_dir=tmp_path)  # noqa: E731
+    table, q_emb, _ = outcome_table(rows, embed_([o.text for o in rows]), columns)
+    router = fit_on_outcomes(table, q_emb, tiers, kind="sw_ranking")
+    assert router.meta["default_alpha"] == 1.0 == choose_default_alpha(router, 0.95)
+    queries = [prompts["math"].format(i=77, j=3), prompts["chat"].format(i=77)]
+    emb = embed_(queries)
+    assert picked_tiers(router, queries, emb) == ["large", "small"]
+    assert picked_tiers(router, queries, emb, alpha=0.5) == ["large", "small"]  # α cannot buy savings here
