@@ -4,6 +4,7 @@ Loopback only, and every call but /health carries a bearer token (infra.auth):
 - `POST /v1/questions/{name}` asks a named question (infra.clickhouse.questions), scoped to the
   caller's tenant; the operator may name a tenant or ask across all of them;
 - `POST /v1/sql` is the operator's read-only SQL door (infra.clickhouse.sql_guard);
+- `POST /v1/analytics/refresh` recomputes the analytics views now (coalesced) and says as of when;
 - `GET /v1/whoami` says which tenant a key belongs to (the CLI stamps submissions with it).
 Bodies must be `application/json`, so a web page cannot post here without a CORS preflight,
 which this server never answers.
@@ -15,11 +16,13 @@ import datetime as dt
 import decimal
 import json
 import logging
+import time
 import uuid
 
 from aiohttp import web
 
 from infra.auth import AuthError, Caller, Keyring
+from infra.clickhouse import analytics_as_of, refresh_analytics
 from infra.clickhouse.questions import QuestionError, bind
 from infra.clickhouse.sql_guard import UnsafeQuery, guard
 
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024
 TABLE_FUNCTIONS = "SELECT name FROM system.table_functions"
 CALLER = web.RequestKey("caller", Caller)
+REFRESH_GAP_S = 2.0
 
 
 def _jsonable(value):
@@ -111,11 +115,24 @@ async def start_query_server(client, port: int, lock: asyncio.Lock, keyring: Key
             return _error(400, f"refused: {exc}")
         return await run(guarded, params)
 
+    last_refresh = [float("-inf")]
+
+    async def refresh(request: web.Request) -> web.Response:
+        # Any caller may ask (a report right after a job should see it); refreshes closer together
+        # than REFRESH_GAP_S are coalesced, so callers cannot keep the engine recomputing.
+        async with lock:
+            if time.monotonic() - last_refresh[0] >= REFRESH_GAP_S:
+                await asyncio.to_thread(refresh_analytics, client)
+                last_refresh[0] = time.monotonic()
+            as_of = await asyncio.to_thread(analytics_as_of, client)
+        return web.Response(text=json.dumps({"as_of": as_of}, default=_jsonable), content_type="application/json")
+
     app = web.Application(middlewares=[authenticate], client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/health", health)
     app.router.add_get("/v1/whoami", whoami)
     app.router.add_post("/v1/questions/{name}", question)
     app.router.add_post("/v1/sql", raw_sql)
+    app.router.add_post("/v1/analytics/refresh", refresh)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

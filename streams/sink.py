@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from infra.auth import Keyring
-from infra.clickhouse import apply_schema, connect
+from infra.clickhouse import apply_analytics, apply_schema, connect
 from infra.topics import DECISIONS, DLQ, FEEDBACK, QUERIES, RESULTS, ROUTER_MODELS, Topics
 from schemas import DeadLetter, Feedback, Result, RouterVersion, RoutingDecision
 from schemas.validation import InvalidMessage, parse_message, parse_query
@@ -179,6 +179,8 @@ SINK_TOPICS = (QUERIES, DECISIONS, RESULTS, FEEDBACK, DLQ, ROUTER_MODELS)
 
 async def run_sink(kafka: KafkaSettings, clickhouse_dsn: str, *, batch_size: int, flush_seconds: float,
                    query_port: int = 0, keyring: Keyring | None = None,
+                   analytics_refresh_seconds: int = 60,
+                   tier_prices: dict[str, tuple[str, float, float]] | None = None,
                    dlq_limit: DlqLimitSettings = DlqLimitSettings(),
                    stop: asyncio.Event | None = None, on_ready: Callable[[], None] | None = None) -> None:
     """Store every topic's messages in ClickHouse until SIGTERM/SIGINT (or `stop`). With a
@@ -186,6 +188,7 @@ async def run_sink(kafka: KafkaSettings, clickhouse_dsn: str, *, batch_size: int
     chDB directory)."""
     client = connect(clickhouse_dsn)
     apply_schema(client)
+    apply_analytics(client, analytics_refresh_seconds, tier_prices or {})
     writer = ClickHouseWriter(client)
     lock = asyncio.Lock()
     runner = None

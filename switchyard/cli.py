@@ -47,6 +47,27 @@ def bench_pipeline(requests: int = typer.Option(256, help="Queries through the r
     out.print_json(json.dumps(figures))
 
 
+@bench_app.command("analytics")
+def bench_analytics(requests: int = typer.Option(1_000_000, help="Synthetic requests (a decision and a result each)."),
+                    json_out: Path = typer.Option(Path("bench-analytics.json"), "--json")) -> None:
+    """The report's questions over N synthetic rows in a scratch chDB: view refresh, report
+    queries, and the same per-tier figures straight from the base tables; writes JSON."""
+    import tempfile
+
+    from infra.clickhouse import connect
+    from switchyard.bench_analytics import run
+
+    with tempfile.TemporaryDirectory(prefix="switchyard-bench-analytics-") as scratch:
+        client = connect(f"chdb://{scratch}")
+        try:
+            with console.status(f"generating {requests:,} requests and timing the report…"):
+                figures = run(client, requests)
+        finally:
+            client.close()
+    json_out.write_text(json.dumps(figures, indent=2))
+    out.print_json(json.dumps(figures))
+
+
 def _settings(all_tiers_small: bool | None = None, engine: str | None = None) -> Settings:
     settings = get_settings()
     if all_tiers_small is not None:
@@ -152,13 +173,15 @@ def keys_revoke(name: str = typer.Option(..., "--tenant")) -> None:
 def init() -> None:
     """Create the topics and ClickHouse tables on an existing Kafka and ClickHouse (production)."""
     from infra.broker import create_topics_sync
-    from infra.clickhouse import apply_schema, connect
+    from infra.clickhouse import apply_analytics, apply_schema, connect
+    from workers.tiers import price_table
 
     settings = _settings()
     create_topics_sync(settings.kafka.bootstrap, settings.kafka.topic_prefix)
     client = connect(settings.clickhouse_dsn)
     try:
         apply_schema(client)
+        apply_analytics(client, settings.clickhouse.analytics_refresh_seconds, price_table(settings.workers))
     finally:
         client.close()
     console.print(f"topics created on {settings.kafka.bootstrap}; tables ready at {settings.clickhouse_dsn}")
@@ -265,7 +288,7 @@ def status(job_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     wh = open_warehouse(_settings())
     try:
         counts = _ask(wh, "job_status", job=job_id)[0]
-        tiers = _ask(wh, "outcomes", by="tier", job=job_id)
+        tiers = _ask(wh, "job_tiers", job=job_id)
     finally:
         wh.close()
     found = counts["requests"] or counts["dead_letters"]
@@ -341,27 +364,79 @@ def grade(job_id: str,
 
 @app.command()
 def report(job_id: Optional[str] = typer.Option(None, "--job", help="One job; default: everything."),
-           by: str = typer.Option("tier", help="tier | cluster | tenant | model"),
+           by: str = typer.Option("tier", help="tier | cluster | tenant | model | router_version | job | hour | day"),
+           since: Optional[str] = typer.Option(None, help="Only since then: 30m, 24h, 7d, or a date/time (UTC)."),
            tenant: Optional[str] = typer.Option(None, help="Operator only: one tenant (a tenant's key "
                                                       "always reads its own)."),
+           refresh: bool = typer.Option(True, "--refresh/--no-refresh",
+                                        help="Recompute the analytics views first (else: as of their last "
+                                             "scheduled refresh)."),
            as_json: bool = typer.Option(False, "--json")) -> None:
-    """Routing outcomes from ClickHouse: volume, quality (feedback), cost and latency."""
+    """Routing outcomes from ClickHouse's analytics views: volume, graded quality, cost, what
+    routing saved against the large tier's prices, latency quantiles, dead letters by reason."""
     from infra.clickhouse.questions import OUTCOMES_BY
+    from switchyard.console import dead_letters_table, report_table, since_to_utc
 
     if by not in OUTCOMES_BY:
         fail(f"--by must be one of {', '.join(OUTCOMES_BY)}")
-    params = {"by": by, "job": job_id or ""}
+    try:
+        since_at = since_to_utc(since) if since else ""
+    except ValueError as exc:
+        fail(str(exc))
+    params = {"by": by, "job": job_id or "", "since": since_at}
     if tenant is not None:
         params["tenant"] = tenant
     wh = open_warehouse(_settings())
     try:
+        as_of = wh.refresh_analytics() if refresh else None
         rows = _ask(wh, "outcomes", **params)
+        dead = _ask(wh, "dead_letters_by_reason", **{k: v for k, v in params.items() if k != "by"})
     finally:
         wh.close()
     if as_json:
-        out.print_json(json.dumps(rows, default=str))
+        out.print_json(json.dumps({"by": by, "since": since_at or None, "as_of": as_of, "rows": rows,
+                                   "dead_letters": dead}, default=str))
         return
-    out.print(outcomes_table(rows, by))
+    out.print(report_table(rows, by))
+    if dead:
+        out.print(dead_letters_table(dead))
+
+
+@app.command()
+def dashboard(out_file: Optional[Path] = typer.Option(None, "--out", help="Write the page here (self-contained HTML)."),
+              serve_page: bool = typer.Option(False, "--serve", help="Serve it on loopback instead, rebuilt on every load."),
+              port: int = typer.Option(0, help="With --serve: the port (0: a free one)."),
+              job_id: Optional[str] = typer.Option(None, "--job", help="One job; default: everything."),
+              since: Optional[str] = typer.Option(None, help="Only since then: 30m, 24h, 7d, or a date/time (UTC)."),
+              tenant: Optional[str] = typer.Option(None, help="Operator only: one tenant.")) -> None:
+    """Routing outcomes as a page of plots: quality vs cost per router version, tier mix over
+    time, cluster × tier quality, latency, spend and savings per tenant, dead letters by reason."""
+    from switchyard.console import since_to_utc
+    from switchyard.dashboard import gather, render, serve
+
+    if (out_file is None) == (not serve_page):
+        fail("give --out FILE or --serve")
+    try:
+        params = {"job": job_id or "", "since": since_to_utc(since) if since else "", "tenant": tenant}
+    except ValueError as exc:
+        fail(str(exc))
+    settings = _settings()
+
+    def build() -> str:
+        wh = open_warehouse(settings)
+        try:
+            as_of = wh.refresh_analytics()
+            data = gather(lambda q, **p: _ask(wh, q, **p), **params)
+        finally:
+            wh.close()
+        data.as_of = as_of
+        return render(data)
+
+    if serve_page:
+        serve(build, port=port, on_ready=lambda url: out.print(f"dashboard at {url} (Ctrl-C stops)"))
+        return
+    out_file.write_text(build())
+    out.print(f"wrote {out_file}")
 
 
 # --- demo --------------------------------------------------------------------------------------

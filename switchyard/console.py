@@ -3,6 +3,7 @@ and submitting a job file."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import re
@@ -124,3 +125,47 @@ def outcomes_table(rows: list[dict], by: str) -> Table:
         table.add_row(str(r[by]), str(r["requests"]), str(r["errors"]), str(r["graded"]), quality,
                       f"{r['cost_usd']:.6f}", f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}")
     return table
+
+
+def _ms(quantiles) -> str:
+    return " / ".join(f"{q:.0f}" for q in quantiles) if quantiles else "-"
+
+
+def report_table(rows: list[dict], by: str) -> Table:
+    table = Table(by, "requests", "errors", "graded", "quality", "cost USD", "at large USD", "saved",
+                  "e2e ms p50/p90/p99")
+    for r in rows:
+        quality = "-" if r["quality"] is None else f"{r['quality']:.2f}"
+        at_large = r["cost_at_large_usd"]
+        saved = "-" if not at_large else f"{1 - r['cost_usd'] / at_large:.0%}"
+        table.add_row(str(r[by]), str(r["requests"]), str(r["errors"]), str(r["graded"]), quality,
+                      f"{r['cost_usd']:.6f}", f"{at_large:.6f}", saved, _ms(r["end_to_end_ms_p50_p90_p99"]))
+    return table
+
+
+def dead_letters_table(rows: list[dict]) -> Table:
+    table = Table("stage", "reason", "dead letters", title="dead letters")
+    for r in rows:
+        table.add_row(r["stage"], escape(r["reason"]), str(r["dead_letters"]))
+    return table
+
+
+_AGO = re.compile(r"^(\d+)\s*([mhd])$")
+
+
+def since_to_utc(since: str, now: dt.datetime | None = None) -> str:
+    """'30m' / '24h' / '7d' ago, or a date or date-time (read as UTC without a zone), as an ISO
+    UTC string; ValueError with the accepted forms otherwise."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    m = _AGO.match(since.strip())
+    if m:
+        n, unit = int(m.group(1)), m.group(2)
+        at = now - dt.timedelta(minutes=n * {"m": 1, "h": 60, "d": 1440}[unit])
+    else:
+        try:
+            at = dt.datetime.fromisoformat(since.strip())
+        except ValueError:
+            raise ValueError(f"--since {since!r}: give 30m, 24h, 7d or a date/time such as 2026-12-01T08:00") from None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=dt.timezone.utc)
+    return at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")

@@ -63,7 +63,7 @@ def run_demo(settings: Settings, job_file: Path, console: Console, out: Console)
     wh = Warehouse.open(settings)
     try:
         counts = wh.ask("job_status", job=sub.job_id)[0]
-        tiers = wh.ask("outcomes", by="tier", job=sub.job_id)
+        tiers = wh.ask("job_tiers", job=sub.job_id)
         overall = wh.rows("SELECT quantile(0.5)(end_to_end_ms) AS p50, quantile(0.95)(end_to_end_ms) AS p95, "
                           "sum(cost_usd) AS cost FROM results FINAL WHERE job_id = {job:String}",
                           {"job": sub.job_id})[0]

@@ -22,6 +22,8 @@ class ClickHouseSettings(BaseModel):
     dsn: str | None = None
     sink_batch_size: int = 500
     sink_flush_seconds: float = 1.0
+    # How often the sink recomputes the analytics views (infra/clickhouse/analytics.sql).
+    analytics_refresh_seconds: int = Field(default=60, ge=1)
 
 
 class RouterSettings(BaseModel):

@@ -8,7 +8,7 @@ import signal
 import time
 from typing import Callable
 
-from schemas.common import Tier
+from schemas.common import TIERS, Tier
 from switchyard.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,12 @@ def run_sink(settings: Settings, ready: Ready) -> None:
     ch = settings.clickhouse
     keyring = Keyring(settings.secrets_dir)
     keyring.ensure_operator_token()  # the endpoint's owner makes sure its operator can call it
+    from workers.tiers import price_table
+
+    prices = price_table(settings.workers)
     asyncio.run(sink(settings.kafka, settings.clickhouse_dsn, batch_size=ch.sink_batch_size,
                      flush_seconds=ch.sink_flush_seconds, query_port=settings.query_port,
+                     analytics_refresh_seconds=ch.analytics_refresh_seconds, tier_prices=prices,
                      keyring=keyring, dlq_limit=settings.dlq_limits.sink, on_ready=lambda: ready("ok")))
 
 
@@ -87,7 +91,6 @@ def run_worker(tier: Tier, settings: Settings, ready: Ready) -> None:
 
 def run_serve(settings: Settings, ready: Ready) -> None:
     """Ray Serve with one deployment per tier, up until SIGTERM/SIGINT."""
-    from schemas.common import TIERS
     from workers.serve import stop_serve
     from workers.tiers import serve_tiers
 

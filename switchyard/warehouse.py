@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.auth import AuthError, Keyring
-from infra.clickhouse import connect
+from infra.clickhouse import analytics_as_of, connect, refresh_analytics
 from infra.clickhouse.questions import QuestionError, bind
 from switchyard.settings import Settings
 
@@ -69,6 +69,13 @@ class Warehouse:
         if self.tenant is not None:
             raise WarehouseError("SQL is the operator's; a tenant's key asks named questions")
         return self._query(sql, parameters or {})
+
+    def refresh_analytics(self):
+        """Recompute the analytics views now (they also refresh on a schedule); returns as of when."""
+        if self.client is None:
+            return self._request("/v1/analytics/refresh", {})["as_of"]
+        refresh_analytics(self.client)
+        return analytics_as_of(self.client)
 
     def whoami(self) -> str | None:
         """The tenant this caller reads as (None: the operator)."""

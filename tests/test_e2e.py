@@ -155,7 +155,7 @@ def test_auto_grades_flow_to_feedback_and_the_outcomes_report(stack):
     asyncio.run(publish_feedback(stack.settings.kafka, feedback))
     n = _wait_rows(stack, "SELECT count() AS n FROM feedback FINAL WHERE job_id = {job:String}", "e2e-graded", 2)
     assert n == 2
-    rows = Warehouse.open(stack.settings).ask("outcomes", by="tier", job="e2e-graded")
+    rows = Warehouse.open(stack.settings).ask("job_tiers", job="e2e-graded")
     assert sum(r["requests"] for r in rows) == 2 and sum(r["graded"] for r in rows) == 2
     expected = sum(f.score for f in feedback) / 2
     got = sum(r["quality"] * r["graded"] for r in rows) / 2

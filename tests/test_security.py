@@ -10,7 +10,7 @@ import pytest
 
 from infra.auth import Keyring
 from infra.broker import free_port
-from infra.clickhouse import apply_schema, connect
+from infra.clickhouse import apply_analytics, apply_schema, connect
 from infra.clickhouse.sql_guard import UnsafeQuery, guard
 from schemas import Result, encode
 from streams.query_server import start_query_server
@@ -50,6 +50,7 @@ def engine(tmp_path_factory):
             for i, (job, tenant, c) in enumerate([("job-a", "acme", "1"), ("job-a", "acme", "2"),
                                                    ("job-b", "globex", "1")])]
     ClickHouseWriter(client).write(rows)
+    apply_analytics(client, 60, {})  # the report's views, refreshed once now
     yield client
     client.close()
 

@@ -43,7 +43,7 @@ def test_a_job_belongs_to_its_submitter_and_no_one_else_reads_it(stack, keys, tm
     own = _cli(stack, "results", "acme-job", "--json", key=keys["acme"])
     assert own.returncode == 0, own.stderr
     assert sorted(json.loads(ln)["custom_id"] for ln in own.stdout.splitlines()) == ["a", "b"]
-    acme_report = json.loads(_cli(stack, "report", "--by", "tenant", "--json", key=keys["acme"]).stdout)
+    acme_report = json.loads(_cli(stack, "report", "--by", "tenant", "--json", key=keys["acme"]).stdout)["rows"]
     assert [r["tenant"] for r in acme_report] == ["acme"], "both lines are acme's, whatever the line said"
 
     other = keys["globex"]
@@ -58,13 +58,13 @@ def test_a_job_belongs_to_its_submitter_and_no_one_else_reads_it(stack, keys, tm
     fb = tmp_path / "fb.jsonl"
     fb.write_text('{"custom_id": "a", "score": 0}\n')
     assert _cli(stack, "feedback", "acme-job", "--file", str(fb), key=other).returncode == 1
-    globex_report = json.loads(_cli(stack, "report", "--by", "tenant", "--json", key=other).stdout)
+    globex_report = json.loads(_cli(stack, "report", "--by", "tenant", "--json", key=other).stdout)["rows"]
     assert globex_report == []
-    spoofed = json.loads(_cli(stack, "report", "--by", "tenant", "--tenant", "acme", "--json", key=other).stdout)
+    spoofed = json.loads(_cli(stack, "report", "--by", "tenant", "--tenant", "acme", "--json", key=other).stdout)["rows"]
     assert spoofed == [], "a tenant's key reads its own tenant, whatever --tenant says"
     assert _cli(stack, "retrain", "--dry-run", key=other).returncode == 2
 
-    operator = json.loads(_cli(stack, "report", "--by", "tenant", "--json").stdout)
+    operator = json.loads(_cli(stack, "report", "--by", "tenant", "--json").stdout)["rows"]
     assert "acme" in {r["tenant"] for r in operator}
     forged = _cli(stack, "results", "acme-job", key="sy-forged")
     assert forged.returncode == 2 and "unknown token" in forged.stderr

@@ -57,6 +57,12 @@ def served_models(workers: WorkerSettings, tiers: Iterable[str] = TIERS) -> dict
     return {tier: served_tier(tier, workers).name for tier in tiers}
 
 
+def price_table(workers: WorkerSettings, tiers: Iterable[str] = TIERS) -> dict[str, tuple[str, float, float]]:
+    """tier -> (served model, USD per million input tokens, per million output tokens)."""
+    return {t: (s.name, s.model.price_per_mtok_in, s.model.price_per_mtok_out)
+            for t in tiers for s in [served_tier(t, workers)]}
+
+
 def engine_kwargs(served: ServedTier, workers: WorkerSettings) -> dict[str, Any]:
     """XllamacppEngine's constructor arguments for a locally served tier (model ensured on disk)."""
     if served.spec is None:

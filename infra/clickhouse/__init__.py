@@ -8,8 +8,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 
-def schema_statements() -> list[str]:
-    sql = files("infra.clickhouse").joinpath("schema.sql").read_text()
+def schema_statements(name: str = "schema.sql") -> list[str]:
+    sql = files("infra.clickhouse").joinpath(name).read_text()
     lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
@@ -27,3 +27,33 @@ def connect(dsn: str) -> Client:
 def apply_schema(client: Client) -> None:
     for statement in schema_statements():
         client.command(statement)
+
+
+ANALYTICS_VIEWS = ("analytics.outcomes_hourly", "analytics.dead_letters_hourly")
+
+
+def apply_analytics(client: Client, refresh_seconds: int, tier_prices: dict[str, tuple[str, float, float]]) -> None:
+    """The analytics database and its refreshable views (analytics.sql), and the served tiers'
+    prices {tier: (model, $/Mtok in, $/Mtok out)} the views price "cost at large" with."""
+    if refresh_seconds < 1:
+        raise ValueError("analytics_refresh_seconds must be at least 1")
+    for statement in schema_statements("analytics.sql"):
+        client.command(statement.replace("{refresh_seconds}", str(int(refresh_seconds))))
+    if tier_prices:
+        client.insert("analytics.tier_prices", [[t, m, p_in, p_out] for t, (m, p_in, p_out) in tier_prices.items()],
+                      column_names=["tier", "model", "price_per_mtok_in", "price_per_mtok_out"])
+    refresh_analytics(client)
+
+
+def refresh_analytics(client: Client) -> None:
+    """Recompute every analytics view now and wait for it (the schedule does it every period)."""
+    for view in ANALYTICS_VIEWS:
+        client.command(f"SYSTEM REFRESH VIEW {view}")
+    for view in ANALYTICS_VIEWS:
+        client.command(f"SYSTEM WAIT VIEW {view}")
+
+
+def analytics_as_of(client: Client):
+    """When the analytics views last finished a refresh (the oldest of them; None: never)."""
+    rows = client.query("SELECT min(last_success_time) FROM system.view_refreshes WHERE database = 'analytics'").result_rows
+    return rows[0][0] if rows else None

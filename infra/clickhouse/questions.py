@@ -51,26 +51,72 @@ SELECT stage, reason, original, topic, partition, offset
 FROM dead_letters FINAL WHERE job_id = {{job:String}} AND {SCOPE} ORDER BY topic, partition, offset
 """
 
-# Routing outcomes for analysts: volume, quality (mean feedback score), cost and latency.
-OUTCOMES_BY = {"tier": "r.tier", "cluster": "d.cluster", "tenant": "r.tenant", "model": "r.model"}
+# One job's figures per tier, live from the base tables (status polls it while the job runs).
+JOB_TIERS = f"""
+SELECT r.tier AS tier, count() AS requests, countIf(r.status = 'error') AS errors,
+       count(f.score) AS graded, avg(f.score) AS quality,
+       sum(r.cost_usd) AS cost_usd, quantile(0.5)(r.end_to_end_ms) AS p50_ms,
+       quantile(0.95)(r.end_to_end_ms) AS p95_ms
+FROM (SELECT * FROM results FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS r
+LEFT JOIN (SELECT request_id, avg(score) AS score FROM feedback FINAL WHERE job_id = {{job:String}}
+           GROUP BY request_id) AS f USING request_id
+GROUP BY tier ORDER BY tier
+SETTINGS join_use_nulls = 1
+"""
+
+# Routing outcomes for analysts, from the analytics views (infra/clickhouse/analytics.sql): volume,
+# graded quality, cost, cost at the large tier's prices and what routing saved, latency quantiles.
+OUTCOMES_BY = {"tier": "tier", "cluster": "cluster", "tenant": "tenant", "model": "model",
+               "router_version": "router_version", "job": "job_id", "hour": "hour", "day": "toDate(hour)"}
+# "" (or anything unparseable, which the CLI refuses first) means from the beginning.
+SINCE = "ifNull(parseDateTime64BestEffortOrNull({since:String}, 3, 'UTC'), toDateTime64(0, 3, 'UTC'))"
+ANALYTICS_WHERE = ("WHERE ({job:String} = '' OR job_id = {job:String}) AND " + SCOPE +
+                   f" AND hour >= toStartOfHour({SINCE})")
 
 
 def outcomes_sql(params: dict[str, str]) -> str:
     by = params["by"]
-    where = f"WHERE ({{job:String}} = '' OR job_id = {{job:String}}) AND {SCOPE}"
     return f"""
-SELECT {OUTCOMES_BY[by]} AS {by}, count() AS requests, countIf(r.status = 'error') AS errors,
-       count(f.score) AS graded, avg(f.score) AS quality,
-       sum(r.cost_usd) AS cost_usd, quantile(0.5)(r.end_to_end_ms) AS p50_ms,
-       quantile(0.95)(r.end_to_end_ms) AS p95_ms
-FROM (SELECT * FROM results FINAL {where}) AS r
-LEFT JOIN (SELECT request_id, cluster FROM decisions FINAL {where}) AS d USING request_id
-LEFT JOIN (SELECT request_id, avg(score) AS score FROM feedback FINAL
-           WHERE ({{job:String}} = '' OR job_id = {{job:String}}) GROUP BY request_id) AS f
-    USING request_id
+SELECT {OUTCOMES_BY[by]} AS {by}, sum(requests) AS requests, sum(errors) AS errors,
+       sum(fallbacks) AS fallbacks, sum(explored) AS explored,
+       sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+       sum(graded) AS graded, if(sum(graded) = 0, NULL, sum(score_sum) / sum(graded)) AS quality,
+       sum(cost_usd) AS cost_usd, sum(cost_at_large_usd) AS cost_at_large_usd,
+       sum(cost_at_large_usd) - sum(cost_usd) AS saved_usd,
+       quantilesMerge(0.5, 0.9, 0.99)(end_to_end_ms) AS end_to_end_ms_p50_p90_p99,
+       quantilesMerge(0.5, 0.9, 0.99)(model_latency_ms) AS model_latency_ms_p50_p90_p99
+FROM analytics.outcomes_hourly {ANALYTICS_WHERE}
 GROUP BY {by} ORDER BY {by}
-SETTINGS join_use_nulls = 1
+SETTINGS prefer_column_name_to_alias = 1
 """
+
+
+DEAD_LETTERS_BY_REASON = f"""
+SELECT stage, reason, sum(n) AS dead_letters
+FROM analytics.dead_letters_hourly {ANALYTICS_WHERE}
+GROUP BY stage, reason ORDER BY dead_letters DESC, stage, reason
+"""
+
+# The dashboard's raw material: one row per hour × tier × cluster × router version × tenant.
+OUTCOMES_GRID = f"""
+SELECT hour, tenant, tier, cluster, router_version, sum(requests) AS requests, sum(graded) AS graded,
+       sum(score_sum) AS score_sum, sum(cost_usd) AS cost_usd, sum(cost_at_large_usd) AS cost_at_large_usd,
+       quantilesMerge(0.5, 0.9, 0.99)(end_to_end_ms) AS end_to_end_ms_p50_p90_p99
+FROM analytics.outcomes_hourly {ANALYTICS_WHERE}
+GROUP BY hour, tenant, tier, cluster, router_version ORDER BY hour, tenant, tier, cluster, router_version
+SETTINGS prefer_column_name_to_alias = 1
+"""
+
+# End-to-end latencies of answered requests (a sample, for distributions).
+LATENCY_SAMPLE = f"""
+SELECT tier, end_to_end_ms FROM results FINAL
+WHERE ({{job:String}} = '' OR job_id = {{job:String}}) AND {SCOPE}
+  AND finished_at >= {SINCE}
+  AND status = 'ok'
+ORDER BY cityHash64(request_id) LIMIT 5000
+"""
+
+ANALYTICS_DEFAULTS = {"job": "", "since": ""}
 
 
 QUESTIONS: dict[str, Question] = {q.name: q for q in (
@@ -79,8 +125,16 @@ QUESTIONS: dict[str, Question] = {q.name: q for q in (
     Question("job_results", "a job's answers, one row per request", JOB_RESULTS, params=("job",)),
     Question("job_dead_letters", "a job's dead letters with their reasons", JOB_DEAD_LETTERS,
              params=("job",)),
-    Question("outcomes", "volume, graded quality, cost and latency, grouped (one job or all)",
-             outcomes_sql, choices={"by": tuple(OUTCOMES_BY)}, defaults={"by": "tier", "job": ""}),
+    Question("job_tiers", "one job's volume, graded quality, cost and latency per tier", JOB_TIERS,
+             params=("job",)),
+    Question("outcomes", "volume, graded quality, cost, savings and latency, grouped (one job or all)",
+             outcomes_sql, choices={"by": tuple(OUTCOMES_BY)}, defaults=ANALYTICS_DEFAULTS),
+    Question("dead_letters_by_reason", "dead letters per stage and reason", DEAD_LETTERS_BY_REASON,
+             defaults=ANALYTICS_DEFAULTS),
+    Question("outcomes_grid", "outcomes per hour, tenant, tier, cluster and router version", OUTCOMES_GRID,
+             defaults=ANALYTICS_DEFAULTS),
+    Question("latency_sample", "end-to-end latencies of up to 5,000 answers", LATENCY_SAMPLE,
+             defaults=ANALYTICS_DEFAULTS),
 )}
 
 

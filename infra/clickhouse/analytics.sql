@@ -1,0 +1,82 @@
+-- Analytics: aggregate tables for routing outcomes, recomputed from the deduplicated base tables.
+--
+-- Why refreshable materialized views and not insert-triggered ones: an insert-triggered view sees
+-- every inserted block, and a replay re-inserts rows that the ReplacingMergeTree base tables
+-- later collapse (same request id): the aggregate would count them twice, and sums (cost, tokens)
+-- cannot be de-duplicated after aggregation. A refreshable view re-runs its SELECT over `FINAL`
+-- on a schedule and swaps the result in atomically, so an aggregate is always the aggregate of
+-- the de-duplicated rows, at most one refresh period old. (At larger scale the same view can
+-- recompute only recent hours: REFRESH ... APPEND into a ReplacingMergeTree keyed by the hour.)
+-- Refreshable views need an Atomic database; chDB's default database is not one.
+-- {refresh_seconds} is filled in from settings (clickhouse.analytics_refresh_seconds).
+
+CREATE DATABASE IF NOT EXISTS analytics ENGINE = Atomic;
+
+-- The served tiers' prices, written by the sink at start from its settings: "cost avoided" prices
+-- every answer with the large tier's prices.
+CREATE TABLE IF NOT EXISTS analytics.tier_prices (
+    tier LowCardinality(String),
+    model String,
+    price_per_mtok_in Float64,
+    price_per_mtok_out Float64,
+    updated_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree(updated_at)
+ORDER BY tier;
+
+-- The view definitions may change between releases; they hold only derived data, so they are
+-- dropped and created again (the first refresh runs at once).
+DROP VIEW IF EXISTS analytics.outcomes_hourly;
+
+-- One row per hour × tenant × job × tier × cluster × model × router version: volume, tokens, cost,
+-- cost at the large tier's prices, graded quality (mean feedback score per request) and latency
+-- quantile states (merge with quantilesMerge(0.5, 0.9, 0.99)).
+CREATE MATERIALIZED VIEW analytics.outcomes_hourly
+REFRESH EVERY {refresh_seconds} SECOND
+ENGINE = MergeTree ORDER BY (hour, tenant, job_id, tier, cluster)
+AS WITH
+    (SELECT any(price_per_mtok_in) FROM analytics.tier_prices FINAL WHERE tier = 'large') AS large_in,
+    (SELECT any(price_per_mtok_out) FROM analytics.tier_prices FINAL WHERE tier = 'large') AS large_out
+SELECT
+    toStartOfHour(r.finished_at) AS hour,
+    r.tenant AS tenant,
+    r.job_id AS job_id,
+    r.tier AS tier,
+    ifNull(d.cluster, -1) AS cluster,
+    r.model AS model,
+    r.router_version AS router_version,
+    count() AS requests,
+    countIf(r.status = 'error') AS errors,
+    countIf(notEmpty(r.fallback_from)) AS fallbacks,
+    countIf(ifNull(d.explored, false)) AS explored,
+    sum(r.prompt_tokens) AS prompt_tokens,
+    sum(r.completion_tokens) AS completion_tokens,
+    sum(r.cost_usd) AS cost_usd,
+    sum((r.prompt_tokens * large_in + r.completion_tokens * large_out) / 1e6)
+        AS cost_at_large_usd,
+    count(f.score) AS graded,
+    sum(ifNull(f.score, 0)) AS score_sum,
+    quantilesState(0.5, 0.9, 0.99)(r.end_to_end_ms) AS end_to_end_ms,
+    quantilesState(0.5, 0.9, 0.99)(r.model_latency_ms) AS model_latency_ms
+FROM (SELECT * FROM results FINAL) AS r
+LEFT JOIN (SELECT request_id, cluster, explored FROM decisions FINAL) AS d ON d.request_id = r.request_id
+LEFT JOIN (SELECT request_id, avg(score) AS score FROM feedback FINAL GROUP BY request_id) AS f
+    ON f.request_id = r.request_id
+GROUP BY hour, tenant, job_id, tier, cluster, model, router_version
+SETTINGS join_use_nulls = 1;
+
+DROP VIEW IF EXISTS analytics.dead_letters_hourly;
+
+-- Dead letters per hour × tenant × job × stage × reason (the reason up to its first ':', which
+-- keeps the kind and drops the particulars).
+CREATE MATERIALIZED VIEW analytics.dead_letters_hourly
+REFRESH EVERY {refresh_seconds} SECOND
+ENGINE = MergeTree ORDER BY (hour, tenant, stage)
+AS SELECT
+    toStartOfHour(created_at) AS hour,
+    tenant,
+    job_id,
+    stage,
+    substring(splitByChar(':', reason)[1], 1, 120) AS reason,
+    count() AS n
+FROM dead_letters FINAL
+GROUP BY hour, tenant, job_id, stage, reason
