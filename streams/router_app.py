@@ -14,6 +14,7 @@ from typing import Callable
 import faust
 
 from streams.config import DlqLimitSettings, KafkaSettings
+from streams.metrics import observe_lag
 from streams.kafka import MAX_PRODUCE_BYTES, DeadLetterTo, produce
 from streams.records import Output, RawRecord
 from streams.router_models import ModelFollower
@@ -74,8 +75,22 @@ def build_app(kafka: KafkaSettings, processor: RouterProcessor, *, batch_size: i
     async def route(stream):
         async for events in stream.take_events(batch_size, within=max_wait_seconds):
             await process_batch(stage, [RawRecord.from_kafka(e.message) for e in events], limit)
+            nxt: dict = {}
+            for e in events:
+                tp = e.message.tp
+                nxt[tp] = max(nxt.get(tp, 0), e.message.offset + 1)
+            observe_lag(STAGE, _highwater(app), nxt)
 
     return app
+
+
+def _highwater(app: faust.App) -> Callable[[object], int | None]:
+    def highwater(tp) -> int | None:
+        try:
+            return app.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - a metric never stops the stream
+            return None
+    return highwater
 
 
 def run(app: faust.App) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import logging
 import signal
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, Sequence, TypeVar
@@ -20,6 +21,7 @@ from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+from streams import metrics
 from streams.config import DlqLimitSettings
 from streams.records import RawRecord
 
@@ -68,11 +70,20 @@ class DlqLimit:
 
 async def process_batch(stage: Stage[O], records: list[RawRecord], limit: DlqLimit) -> None:
     """One batch through the contract: process, check the limit, apply the effect."""
-    outputs = stage.process(records)
-    if inspect.isawaitable(outputs):
-        outputs = await outputs
-    limit.observe(len(records), sum(map(stage.is_dead_letter, outputs)))
-    await stage.effect(outputs)
+    started = time.perf_counter()
+    try:
+        outputs = stage.process(records)
+        if inspect.isawaitable(outputs):
+            outputs = await outputs
+        invalid = sum(map(stage.is_dead_letter, outputs))
+        limit.observe(len(records), invalid)
+        await stage.effect(outputs)
+    except BaseException:
+        metrics.BATCH_ERRORS.labels(stage.name).inc()
+        raise
+    metrics.RECORDS.labels(stage.name).inc(len(records))
+    metrics.DEAD_LETTERS.labels(stage.name).inc(invalid)
+    metrics.BATCH_SECONDS.labels(stage.name).observe(time.perf_counter() - started)
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -101,8 +112,9 @@ async def run_stage(stage: Stage[O], consumer: AIOKafkaConsumer, *, max_records:
             if not records:
                 continue
             await process_batch(stage, records, limit)
-            await _commit(consumer, {TopicPartition(tp.topic, tp.partition): msgs[-1].offset + 1
-                                     for tp, msgs in batches.items()})
+            offsets = {TopicPartition(tp.topic, tp.partition): msgs[-1].offset + 1 for tp, msgs in batches.items()}
+            await _commit(consumer, offsets)
+            metrics.observe_lag(stage.name, consumer.highwater, offsets)
     finally:
         await consumer.stop()
 

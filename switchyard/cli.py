@@ -106,6 +106,9 @@ def up(
         if info.api_url:
             console.print(f"OpenAI-compatible API at {info.api_url} (keys: `switchyard keys create --tenant T`)",
                           soft_wrap=True)
+        if info.metrics_urls:
+            console.print("Prometheus metrics (operator's bearer token): " +
+                          ", ".join(f"{n} {u}" for n, u in info.metrics_urls.items()), soft_wrap=True)
         console.print("Submit work with `switchyard submit FILE.jsonl --wait`. Ctrl-C stops.")
         stack.supervise()
     except KeyboardInterrupt:
@@ -470,10 +473,15 @@ def _stage_logging() -> None:
 
 
 def _run_stage(name: str, run) -> None:
+    from infra.auth import Keyring
+    from streams.metrics import serve_metrics
     from switchyard.stack import mark_ready
 
     _stage_logging()
     settings = get_settings()
+    port = settings.metrics_ports.get(name)
+    if port:
+        serve_metrics(port, Keyring(settings.secrets_dir).ensure_operator_token())
     run(settings, lambda content: mark_ready(settings, name, content))
 
 

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".switchyard")
     # Loopback port of the sink's read endpoint (the sink owns the chDB directory).
     query_port: int = 0
+    # Loopback port of each stage's Prometheus metrics (streams.metrics), by stage name; the
+    # stack fills it in at start. A stage without one serves no metrics.
+    metrics_ports: dict[str, int] = Field(default_factory=dict)
     # A tenant's API key (`switchyard keys create`): the CLI then acts as that tenant. Unset: the
     # operator, whose token is in the data dir (owner-only).
     api_key: str | None = Field(default=None, repr=False, exclude=True)  # never frozen to a file

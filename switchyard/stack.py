@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.auth import Keyring
 from infra.broker import create_topics_sync, free_port, start_broker
 from infra.lifetime import STACK_ID_ENV, die_with_parent, reaper_command, sweep
 from schemas.common import TIERS
@@ -57,6 +58,7 @@ class StackInfo:
     ray_address: str | None = None
     pid_started: int | None = None  # the pid's start time (/proc), so a reused pid is not a stack
     api_url: str | None = None  # the OpenAI-compatible API's base URL
+    metrics_urls: dict[str, str] = field(default_factory=dict)  # stage -> its Prometheus endpoint
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__))
@@ -129,7 +131,9 @@ class Stack:
             deep=True, update={"data_dir": self.settings.data_dir.resolve(), "query_port": free_port()})
         if s.api.enabled and s.api.port == 0:  # chosen once, so a restarted API keeps its address
             s.api = s.api.model_copy(update={"port": free_port()})
+        s.metrics_ports = {name: free_port() for name in ("router", "sink", *(f"worker-{t}" for t in TIERS))}
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        Keyring(s.secrets_dir).ensure_operator_token()  # before the stages that check it start
         logs = s.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         rd = run_dir(s)
@@ -148,7 +152,8 @@ class Stack:
                     "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.info = StackInfo(bootstrap=bootstrap, query_url=f"http://127.0.0.1:{s.query_port}",
                               pid=os.getpid(), pid_started=_start_ticks(os.getpid()),
-                              api_url=f"http://{s.api.host}:{s.api.port}/v1" if s.api.enabled else None)
+                              api_url=f"http://{s.api.host}:{s.api.port}/v1" if s.api.enabled else None,
+                              metrics_urls={n: f"http://127.0.0.1:{p}/metrics" for n, p in s.metrics_ports.items()})
         self._restore_router(timeout)
         if s.workers.engine == "serve":
             self.serve = self._spawn(["serve"], "serve")

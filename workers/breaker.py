@@ -34,6 +34,8 @@ from typing import Any, Iterator
 
 import pybreaker
 
+from streams.metrics import BREAKER_OPEN
+
 from workers.config import BreakerSettings
 from workers.engine import EngineError
 
@@ -134,6 +136,7 @@ class TierBreaker(pybreaker.CircuitBreakerListener):
         self._write()
 
     def _write(self) -> None:
+        BREAKER_OPEN.labels(self.tier).set(1 if self.record["state"] == pybreaker.STATE_OPEN else 0)
         if self.state_path is None:
             return
         self.record["updated_at"] = time.time()

@@ -21,6 +21,7 @@ from schemas import Result, Usage, WorkItem, encode
 from schemas.common import utcnow
 from schemas.validation import InvalidMessage, parse_message
 from streams.config import DlqLimitSettings, KafkaSettings
+from streams.metrics import MODEL_TOKENS
 from streams.kafka import DeadLetterTo, make_consumer, make_producer, produce_all
 from streams.records import Output, RawRecord, dead_letter
 from streams.runtime import Stage, run_stage
@@ -92,6 +93,8 @@ class TierProcessor:
                           model_latency_ms=(time.perf_counter() - started) * 1000)
         latency_ms = (time.perf_counter() - started) * 1000
         usage = Usage.model_validate(response.get("usage") or {})
+        MODEL_TOKENS.labels(self.tier, "prompt").inc(usage.prompt_tokens)
+        MODEL_TOKENS.labels(self.tier, "completion").inc(usage.completion_tokens)
         finished = utcnow()
         return Result(
             **ref, status="ok", response=response, usage=usage,
