@@ -138,7 +138,9 @@ def report_table(rows: list[dict], by: str) -> Table:
         quality = "-" if r["quality"] is None else f"{r['quality']:.2f}"
         at_large = r["cost_at_large_usd"]
         saved = "-" if not at_large else f"{1 - r['cost_usd'] / at_large:.0%}"
-        table.add_row(str(r[by]), str(r["requests"]), str(r["errors"]), str(r["graded"]), quality,
+        name = r.get("label") or (r.get("representative") or "")[:40]
+        key = str(r[by]) + (f" {escape(name)}" if name else "")
+        table.add_row(key, str(r["requests"]), str(r["errors"]), str(r["graded"]), quality,
                       f"{r['cost_usd']:.6f}", f"{at_large:.6f}", saved, _ms(r["end_to_end_ms_p50_p90_p99"]))
     return table
 

@@ -25,6 +25,7 @@ class DashboardData:
     grid: Rows
     latency: Rows
     dead_letters: Rows
+    labels: Rows
     as_of: Any = None
 
 
@@ -38,6 +39,7 @@ def gather(ask: Callable[..., Rows], **params: str) -> DashboardData:
         grid=ask("outcomes_grid", **scope),
         latency=ask("latency_sample", **scope),
         dead_letters=ask("dead_letters_by_reason", **scope),
+        labels=ask("cluster_labels", **{k: v for k, v in scope.items() if k == "tenant"}),
     )
 
 
@@ -74,7 +76,7 @@ def tier_mix(grid: Rows) -> go.Figure:
     return _empty(fig, grid)
 
 
-def cluster_tier_quality(grid: Rows) -> go.Figure:
+def cluster_tier_quality(grid: Rows, labels: Rows = ()) -> go.Figure:
     cells: dict[tuple[int, str], list[float]] = {}
     for r in grid:
         acc = cells.setdefault((r["cluster"], r["tier"]), [0.0, 0.0])
@@ -83,7 +85,9 @@ def cluster_tier_quality(grid: Rows) -> go.Figure:
     clusters = sorted({c for c, _ in cells})
     z = [[(cells[(c, t)][0] / cells[(c, t)][1]) if cells.get((c, t), [0, 0])[1] else None for t in TIERS]
          for c in clusters]
-    fig = go.Figure(go.Heatmap(z=z, x=list(TIERS), y=[f"cluster {c}" for c in clusters], zmin=0, zmax=1,
+    named = {r["cluster"]: r["label"] for r in labels if r.get("label")}
+    fig = go.Figure(go.Heatmap(z=z, x=list(TIERS), y=[f"{c}: {named[c]}" if c in named else f"cluster {c}"
+                                                      for c in clusters], zmin=0, zmax=1,
                                colorscale="Viridis", colorbar={"title": "quality"},
                                hovertemplate="%{y} × %{x}: %{z:.2f}<extra></extra>"))
     fig.update_layout(title="Graded quality per cluster and tier", yaxis={"type": "category"})
@@ -121,7 +125,7 @@ def figures(data: DashboardData) -> dict[str, go.Figure]:
     return {
         "quality-vs-cost": quality_vs_cost(data.by_version),
         "tier-mix": tier_mix(data.grid),
-        "cluster-tier-quality": cluster_tier_quality(data.grid),
+        "cluster-tier-quality": cluster_tier_quality(data.grid, data.labels),
         "latency": latency(data.latency),
         "spend-per-tenant": spend_per_tenant(data.by_tenant),
         "dead-letters": dead_letters(data.dead_letters),

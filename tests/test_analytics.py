@@ -100,6 +100,12 @@ def test_report_sums_equal_the_deduplicated_tables_after_a_replay(stack, doubled
         if row["graded"]:
             assert math.isclose(row["quality"], want["score_sum"] / want["graded"], rel_tol=1e-9)
     assert sum(r["graded"] for r in got.values()) == 6
+    if by == "cluster":  # every cluster is named from the job's own words ("What is 2 + 1?" has none to give)
+        words = {w for p in PROMPTS for w in p.lower().replace(",", " ").replace(".", " ").split()}
+        labels = [row["label"] for row in got.values()]
+        assert any(labels) and all(set(label.split()) <= words for label in labels), labels
+        for row in got.values():
+            assert row["representative"].split(" ")[0] in {p.split(" ")[0] for p in PROMPTS}
 
 
 def test_cost_at_large_prices_every_answer_with_the_large_tiers_prices(stack, doubled_job):

@@ -29,7 +29,7 @@ def apply_schema(client: Client) -> None:
         client.command(statement)
 
 
-ANALYTICS_VIEWS = ("analytics.outcomes_hourly", "analytics.dead_letters_hourly")
+ANALYTICS_VIEWS = ("analytics.outcomes_hourly", "analytics.dead_letters_hourly", "analytics.cluster_labels")
 
 
 def apply_analytics(client: Client, refresh_seconds: int, tier_prices: dict[str, tuple[str, float, float]]) -> None:

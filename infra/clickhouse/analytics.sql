@@ -80,3 +80,43 @@ AS SELECT
     count() AS n
 FROM dead_letters FINAL
 GROUP BY hour, tenant, job_id, stage, reason
+;
+
+DROP VIEW IF EXISTS analytics.cluster_labels;
+
+-- A readable label per tenant × router version × semantic cluster: the cluster's four most
+-- frequent words (four letters or more, common words left out) and its most frequent query
+-- (its first 160 characters), from the tenant's own requests only, so no tenant reads another's
+-- words. The text is the last message's content (its first text part when it is a list).
+CREATE MATERIALIZED VIEW analytics.cluster_labels
+REFRESH EVERY {refresh_seconds} SECOND
+ENGINE = MergeTree ORDER BY (tenant, router_version, cluster)
+AS WITH base AS (
+    SELECT d.tenant AS tenant, d.router_version AS router_version, d.cluster AS cluster,
+           if(JSONType(q.body, 'messages', -1, 'content') = 'Array',
+              JSONExtractString(q.body, 'messages', -1, 'content', 1, 'text'),
+              JSONExtractString(q.body, 'messages', -1, 'content')) AS text
+    FROM (SELECT request_id, tenant, router_version, cluster FROM decisions FINAL) AS d
+    INNER JOIN (SELECT request_id, body FROM requests FINAL) AS q ON q.request_id = d.request_id
+)
+SELECT r.tenant AS tenant, r.router_version AS router_version, r.cluster AS cluster, r.requests AS requests,
+       w.label AS label, r.representative AS representative
+FROM (
+    SELECT tenant, router_version, cluster, count() AS requests,
+           topK(1)(substring(text, 1, 160))[1] AS representative
+    FROM base GROUP BY tenant, router_version, cluster
+) AS r
+LEFT JOIN (
+    SELECT tenant, router_version, cluster, arrayStringConcat(topK(4)(word), ' ') AS label
+    FROM (
+        SELECT tenant, router_version, cluster, arrayJoin(arrayFilter(x -> NOT has([
+            'what', 'which', 'that', 'this', 'with', 'from', 'your', 'have', 'about', 'there', 'their',
+            'would', 'could', 'should', 'these', 'those', 'than', 'then', 'into', 'when', 'where', 'were',
+            'been', 'will', 'they', 'them', 'does', 'each', 'only', 'some', 'such', 'give', 'write',
+            'answer', 'question', 'following', 'below', 'above', 'please', 'just', 'also', 'more', 'most',
+            'other', 'many', 'much', 'very', 'here', 'after', 'before', 'because', 'being', 'over', 'under',
+            'between', 'both', 'same', 'like', 'make', 'made', 'number', 'choose', 'correct', 'options'
+        ], x), extractAll(lower(text), '[a-z]{4,}'))) AS word
+        FROM base
+    ) GROUP BY tenant, router_version, cluster
+) AS w ON w.tenant = r.tenant AND w.router_version = r.router_version AND w.cluster = r.cluster

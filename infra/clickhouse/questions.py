@@ -76,6 +76,22 @@ ANALYTICS_WHERE = ("WHERE ({job:String} = '' OR job_id = {job:String}) AND " + S
 
 def outcomes_sql(params: dict[str, str]) -> str:
     by = params["by"]
+    grouped = _outcomes_grouped(by)
+    if by != "cluster":
+        return grouped
+    # clusters get their label (analytics.cluster_labels; a cluster's label from the router
+    # version that sent it most of the caller's requests)
+    return f"""
+SELECT o.*, l.label AS label, l.representative AS representative
+FROM ({grouped.replace("SETTINGS prefer_column_name_to_alias = 1", "")}) AS o
+LEFT JOIN (SELECT cluster, argMax(label, requests) AS label, argMax(representative, requests) AS representative
+           FROM analytics.cluster_labels WHERE {SCOPE} GROUP BY cluster) AS l USING cluster
+ORDER BY cluster
+SETTINGS prefer_column_name_to_alias = 1
+"""
+
+
+def _outcomes_grouped(by: str) -> str:
     return f"""
 SELECT {OUTCOMES_BY[by]} AS {by}, sum(requests) AS requests, sum(errors) AS errors,
        sum(fallbacks) AS fallbacks, sum(explored) AS explored,
@@ -118,6 +134,11 @@ ORDER BY cityHash64(request_id) LIMIT 5000
 
 ANALYTICS_DEFAULTS = {"job": "", "since": ""}
 
+CLUSTER_LABELS = f"""
+SELECT cluster, argMax(label, requests) AS label, argMax(representative, requests) AS representative
+FROM analytics.cluster_labels WHERE {SCOPE} GROUP BY cluster ORDER BY cluster
+"""
+
 
 QUESTIONS: dict[str, Question] = {q.name: q for q in (
     Question("job_status", "counts of a job's requests, decisions, results, errors and dead letters",
@@ -133,6 +154,8 @@ QUESTIONS: dict[str, Question] = {q.name: q for q in (
              defaults=ANALYTICS_DEFAULTS),
     Question("outcomes_grid", "outcomes per hour, tenant, tier, cluster and router version", OUTCOMES_GRID,
              defaults=ANALYTICS_DEFAULTS),
+    Question("cluster_labels", "a label and a representative query per semantic cluster (your requests only)",
+             CLUSTER_LABELS),
     Question("latency_sample", "end-to-end latencies of up to 5,000 answers", LATENCY_SAMPLE,
              defaults=ANALYTICS_DEFAULTS),
 )}
