@@ -211,7 +211,7 @@ class Result(_RequestRef):
 class Feedback(_Message):
     request_id: str
     job_id: str
-    source: Literal["label", "rating", "auto_grade"]
+    source: Literal["label", "rating", "auto_grade", "judge"]  # judge: the LLM judge (switchyard judge)
     score: float = Field(ge=0, le=1, allow_inf_nan=False)
     metric: str | None = None
     comment: str | None = None

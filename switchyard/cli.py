@@ -366,6 +366,35 @@ def grade(job_id: str,
 
 
 @app.command()
+def judge(job_id: str,
+          timeout: float = typer.Option(900, help="Seconds to wait for the judge's answers."),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """The large tier marks JOB's answers that have no feedback yet (1-10, as a score in [0, 1]);
+    the marks are published as feedback (source "judge") for reports and retraining."""
+    from switchyard.console import progress
+    from switchyard.judge import judge_job
+
+    settings = _settings()
+    require_own_job(settings, job_id)
+    wh = open_warehouse(settings)
+    try:
+        unrated = _ask(wh, "job_unrated", job=job_id)
+    finally:
+        wh.close()
+    kafka = kafka_for_cli(settings)
+    tenant = unrated[0]["tenant"] if unrated else ""
+    with progress() as bar:
+        task = bar.add_task(f"judging {job_id}", total=len(unrated))
+        report = judge_job(kafka, job_id, tenant, unrated, timeout,
+                           progress=lambda n: bar.advance(task, n))
+    summary = report.as_dict()
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        console.print(summary)
+
+
+@app.command()
 def report(job_id: Optional[str] = typer.Option(None, "--job", help="One job; default: everything."),
            by: str = typer.Option("tier", help="tier | cluster | tenant | model | router_version | job | hour | day"),
            since: Optional[str] = typer.Option(None, help="Only since then: 30m, 24h, 7d, or a date/time (UTC)."),

@@ -51,6 +51,18 @@ SELECT stage, reason, original, topic, partition, offset
 FROM dead_letters FINAL WHERE job_id = {{job:String}} AND {SCOPE} ORDER BY topic, partition, offset
 """
 
+# A job's answers that nobody has rated yet (no feedback from any source), with their requests:
+# what the LLM judge is asked to mark.
+JOB_UNRATED = f"""
+SELECT r.custom_id AS custom_id, r.tenant AS tenant, q.body AS body, r.answer AS answer
+FROM (SELECT request_id, tenant, custom_id, answer FROM results FINAL
+      WHERE job_id = {{job:String}} AND {SCOPE} AND status = 'ok') AS r
+INNER JOIN (SELECT request_id, body FROM requests FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS q
+    USING request_id
+LEFT ANTI JOIN (SELECT DISTINCT request_id FROM feedback FINAL WHERE job_id = {{job:String}}) AS f USING request_id
+ORDER BY custom_id
+"""
+
 # One job's figures per tier, live from the base tables (status polls it while the job runs).
 JOB_TIERS = f"""
 SELECT r.tier AS tier, count() AS requests, countIf(r.status = 'error') AS errors,
@@ -145,6 +157,8 @@ QUESTIONS: dict[str, Question] = {q.name: q for q in (
              JOB_STATUS, params=("job",)),
     Question("job_results", "a job's answers, one row per request", JOB_RESULTS, params=("job",)),
     Question("job_dead_letters", "a job's dead letters with their reasons", JOB_DEAD_LETTERS,
+             params=("job",)),
+    Question("job_unrated", "a job's answers with no feedback yet, with their requests", JOB_UNRATED,
              params=("job",)),
     Question("job_tiers", "one job's volume, graded quality, cost and latency per tier", JOB_TIERS,
              params=("job",)),
