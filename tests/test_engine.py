@@ -25,7 +25,7 @@ CAP = 24
 def engine(tmp_path_factory):
     gguf = ensure_model("small", tmp_path_factory.mktemp("models"))
     e = XllamacppEngine(gguf, "smollm2-135m", n_ctx=1024, n_parallel=2, threads=1,
-                        max_tokens_cap=CAP)
+                        max_tokens_cap=CAP, metrics=True)
     yield e
     e.close()
 
@@ -61,6 +61,9 @@ def test_concurrent_requests_use_parallel_slots(engine):
 
     for r in asyncio.run(both()):
         assert r["usage"]["completion_tokens"] > 0
+    # llama.cpp's own count: busy slots per decode step is exactly 1 if requests ran one after
+    # another, and above 1 once two of them were decoded in the same step.
+    assert engine.server_metrics()["n_busy_slots_per_decode"] > 1
 
 
 @pytest.mark.parametrize("body, status, type_", [

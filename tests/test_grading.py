@@ -5,7 +5,6 @@ import builtins
 import collections
 import gzip
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -267,18 +266,17 @@ def test_code_humaneval_prompt_helpers_are_available():
     assert grade("    return sum(1 for x in xs if is_even(x))\n", test, "code_eval", None, prompt).score == 1.0
 
 
-def test_code_infinite_loop_times_out_quickly():
-    start = time.monotonic()
+def test_code_infinite_loop_times_out():
     g = grade("def max_of_three(a, b, c):\n    while True:\n        pass\n", MBPP_GT, "code_eval", code_timeout=1)
     assert g.score == 0.0
-    assert time.monotonic() - start < 4
+    # a busy loop is stopped by whichever 1 s limit strikes first: CPU seconds or the wall clock
+    assert g.detail in ("timeout: timed out: CPU time limit of 1s reached", "timeout: timed out after 1s"), g
 
 
-def test_code_sleeping_forever_times_out_quickly():
-    start = time.monotonic()
+def test_code_sleeping_forever_times_out():
     g = grade("import time\ndef max_of_three(a, b, c):\n    time.sleep(60)\n", MBPP_GT, "code_eval", code_timeout=1)
-    assert g.score == 0.0 and "timeout" in g.detail
-    assert time.monotonic() - start < 4
+    assert g.score == 0.0
+    assert g.detail == "timeout: timed out after 1s", g  # sleeping uses no CPU: the wall clock killed it
 
 
 def test_code_runs_out_of_process_with_an_empty_environment(monkeypatch):
@@ -290,27 +288,29 @@ def test_code_runs_out_of_process_with_an_empty_environment(monkeypatch):
     assert not hasattr(builtins, "SWITCHYARD_PWNED")  # and nothing ran in this process
 
 
-@pytest.mark.parametrize("evil", [
-    "import os\nos.system('touch {marker}')",
-    "import subprocess\nsubprocess.run(['touch', '{marker}'])",
-    "open('{marker}', 'w').write('x')",
-    "import os\nos.open('{marker}', os.O_CREAT | os.O_WRONLY)",
-    "import os\npid = os.fork()",
-    "import os\nos.remove('{marker}.keep')",
-    "import shutil\nshutil.rmtree('{dir}')",
-    "import socket\nsocket.create_connection(('127.0.0.1', 9))",
-    "import ctypes",
-    "hog = bytearray(4 * 1024 ** 3)",
-    "import os\nos._exit(0)",
+@pytest.mark.parametrize("evil, refused", [
+    ("import os\nos.system('touch {marker}')", "load: PermissionError('sandbox: os.system is not allowed')"),
+    ("import subprocess\nsubprocess.run(['touch', '{marker}'])",
+     "load: PermissionError('sandbox: subprocess.Popen is not allowed')"),
+    ("open('{marker}', 'w').write('x')", "load: PermissionError('sandbox: writing files is not allowed')"),
+    ("import os\nos.open('{marker}', os.O_CREAT | os.O_WRONLY)",
+     "load: PermissionError('sandbox: writing files is not allowed')"),
+    ("import os\npid = os.fork()", "load: PermissionError('sandbox: os.fork is not allowed')"),
+    ("import os\nos.remove('{marker}.keep')", "load: PermissionError('sandbox: os.remove is not allowed')"),
+    ("import shutil\nshutil.rmtree('{dir}')", "load: PermissionError('sandbox: shutil.rmtree is not allowed')"),
+    ("import socket\nsocket.create_connection(('127.0.0.1', 9))",
+     "load: PermissionError('sandbox: socket.getaddrinfo is not allowed')"),
+    ("import ctypes", "load: PermissionError('sandbox: importing ctypes is not allowed')"),
+    ("hog = bytearray(4 * 1024 ** 3)", "load: MemoryError()"),  # the address-space limit
+    ("import os\nos._exit(0)", "crash: child exited 0 without a result"),
 ])
-def test_code_dangerous_code_is_contained(evil, tmp_path):
+def test_code_dangerous_code_is_contained(evil, refused, tmp_path):
     marker = tmp_path / "pwned"
     (tmp_path / "pwned.keep").write_text("keep")
     answer = GOOD + evil.format(marker=marker, dir=tmp_path) + "\n"
-    start = time.monotonic()
     g = grade(answer, MBPP_GT, "code_eval", code_timeout=2)
-    assert time.monotonic() - start < 5
     assert g.score == 0.0, g
+    assert g.detail == refused  # refused at once for its own reason, not left to run into the timeout
     assert not marker.exists()
     assert (tmp_path / "pwned.keep").read_text() == "keep"
 

