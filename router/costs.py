@@ -36,6 +36,8 @@ class CostModel:
     def fit(
         cls, texts: Sequence[str], costs: np.ndarray, emb: np.ndarray | None = None, feats: np.ndarray | None = None
     ) -> "CostModel":
+        if np.isnan(costs).any():
+            return cls._fit_masked(texts, costs, emb, feats)
         chars = query_chars(texts)
         x = np.c_[np.ones_like(chars), chars]
         coef, *_ = np.linalg.lstsq(x, costs, rcond=None)  # (2, m)
@@ -50,6 +52,29 @@ class CostModel:
             ridge = Ridge(alpha=RIDGE_ALPHA).fit(_design(emb, feats, mean, scale), resid)
             model.resid_coef = np.atleast_2d(ridge.coef_).astype(np.float64)
             model.resid_intercept = np.atleast_1d(ridge.intercept_).astype(np.float64)
+            model.feat_mean, model.feat_scale = mean.astype(np.float64), scale.astype(np.float64)
+        return model
+
+    @classmethod
+    def _fit_masked(
+        cls, texts: Sequence[str], costs: np.ndarray, emb: np.ndarray | None, feats: np.ndarray | None
+    ) -> "CostModel":
+        """A table with missing cells (NaN: no row of that model for that query): each model is
+        fitted on its own rows; the residuals share one feature standardisation over all queries."""
+        observed = [np.flatnonzero(~np.isnan(costs[:, j])) for j in range(costs.shape[1])]
+        if any(not len(rows) for rows in observed):
+            raise ValueError("every model needs at least one observed cost")
+        parts = [cls.fit([texts[i] for i in rows], costs[rows, j : j + 1]) for j, rows in enumerate(observed)]
+        model = cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("intercept", "slope", "floor")))
+        if emb is not None and feats is not None and min(map(len, observed)) >= 20:
+            from sklearn.linear_model import Ridge
+
+            mean, scale = feats.mean(axis=0), np.maximum(feats.std(axis=0), 1e-6)
+            x = _design(emb, feats, mean, scale)
+            resid = costs - model._linear(query_chars(texts))
+            ridges = [Ridge(alpha=RIDGE_ALPHA).fit(x[rows], resid[rows, j]) for j, rows in enumerate(observed)]
+            model.resid_coef = np.array([r.coef_ for r in ridges], dtype=np.float64)
+            model.resid_intercept = np.array([r.intercept_ for r in ridges], dtype=np.float64)
             model.feat_mean, model.feat_scale = mean.astype(np.float64), scale.astype(np.float64)
         return model
 

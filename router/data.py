@@ -33,6 +33,11 @@ class RoutingTable:
     scores: np.ndarray
     costs: np.ndarray
     splits: list[str]
+    tasks: list[str] | None = None  # the row's `task` field per query ("" where absent)
+
+    def __post_init__(self) -> None:
+        if self.tasks is None:
+            self.tasks = [""] * len(self.query_ids)
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -47,6 +52,7 @@ class RoutingTable:
             self.scores[idx],
             self.costs[idx],
             [self.splits[i] for i in idx],
+            [self.tasks[i] for i in idx],
         )
 
     def with_split(self, split: str) -> "RoutingTable":
@@ -92,12 +98,15 @@ def build_table(
     rows: Sequence[Mapping],
     prices: Mapping[str, ModelInfo] | None = None,
     splits: Sequence[str] | None = None,
+    complete: bool = True,
 ) -> RoutingTable:
-    """Pivot long rows into a complete matrix; queries missing any model's row are dropped."""
+    """Pivot long rows into a complete matrix; queries missing any model's row are dropped.
+    complete=False: the union of models, every query kept, missing cells NaN (scores and costs)."""
     models: dict[str, int] = {}
     queries: dict[tuple[str, str], int] = {}
     texts: list[str] = []
     qsplits: list[str] = []
+    qtasks: list[str] = []
     cells: list[tuple[int, int, float, float | None]] = []
     datasets: set[str] = set()
     for n, rec in enumerate(rows, 1):
@@ -132,6 +141,7 @@ def build_table(
             queries[key] = len(texts)
             texts.append(text)
             qsplits.append(split)
+            qtasks.append(str(rec.get("task") or ""))
         mi = models.setdefault(model, len(models))
         cells.append((queries[key], mi, score, float(cost)))
     if not cells:
@@ -142,10 +152,10 @@ def build_table(
     for qi, mi, s, c in cells:
         scores[qi, mi] = s
         costs[qi, mi] = c
-    complete = ~np.isnan(scores).any(axis=1)
-    if not complete.any():
+    full = ~np.isnan(scores).any(axis=1)
+    if complete and not full.any():
         raise RoutingDataError("no query has a row for every model; cannot build a routing table")
-    idx = np.flatnonzero(complete)
+    idx = np.flatnonzero(full) if complete else np.arange(n)
     qids = [k[1] for k in sorted(queries, key=queries.get)]
     return RoutingTable(
         dataset=",".join(sorted(d for d in datasets if d)) or "routing",
@@ -155,4 +165,5 @@ def build_table(
         scores=scores[idx],
         costs=costs[idx],
         splits=[qsplits[i] for i in idx],
+        tasks=[qtasks[i] for i in idx],
     )

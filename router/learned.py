@@ -62,6 +62,13 @@ class LearnedRouter:
     meta: dict = field(default_factory=dict)
 
     @property
+    def training_mix(self) -> list[float] | None:
+        """Share of the training queries in each semantic cluster (index = the `cluster` a
+        decision records), or None for a router fitted before it was recorded."""
+        mix = self.meta.get("training_mix")
+        return [float(x) for x in mix] if mix else None
+
+    @property
     def default_alpha(self) -> float:
         """The knob a request without one gets: fitted per router when its fit chose an operating
         point (see `choose_default_alpha`), else DEFAULT_ALPHA."""
@@ -250,7 +257,8 @@ def fit_router(
     quality = make().fit(emb, feats, table.scores, table.costs)
     cost_model = CostModel.fit(table.texts, table.costs, emb, feats)
     calibration = None
-    if calibrate_budget:
+    incomplete = bool(np.isnan(table.scores).any())  # missing cells: no realised cost to calibrate on
+    if calibrate_budget and not incomplete:
         if isinstance(quality, StackedQuality):
             oof_q = quality.oof_quality
         else:
@@ -263,14 +271,35 @@ def fit_router(
             else:
                 uq, uc = normalize_rows(oof_q), normalize_rows(oof_cost)
         calibration = calibrate(policy, oof_q, oof_cost, table.scores, table.costs, uq, uc)
-    tiers = tiers or assign_tiers(table.models, dict(zip(table.models, table.costs.mean(axis=0))))
+    tiers = tiers or assign_tiers(table.models, dict(zip(table.models, np.nanmean(table.costs, axis=0))))
     router = LearnedRouter(kind, list(table.models), dict(tiers), quality, cost_model, policy, calibration)
     router.meta = {
         "dataset": table.dataset,
         "n_train_queries": len(table),
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    mix = cluster_mix(quality.predict(emb, feats).cluster)
+    if mix:
+        router.meta["training_mix"] = mix
     return router
+
+
+def cluster_mix(clusters: np.ndarray) -> list[float]:
+    """Share of queries per cluster id (0 … max); [] when the router assigns no clusters (−1)."""
+    clusters = np.asarray(clusters)
+    if not len(clusters) or (clusters < 0).any():
+        return []
+    counts = np.bincount(clusters)
+    return [round(float(x), 6) for x in counts / counts.sum()]
+
+
+def mix_drift(live: Sequence[float], training: Sequence[float]) -> float:
+    """Total variation distance between two cluster mixes: 0 = the same mix, 1 = no cluster in
+    common. (The same formula as the analytics.mix_drift view: 1 − Σ min(p, q).)"""
+    n = max(len(live), len(training))
+    p, q = np.zeros(n), np.zeros(n)
+    p[: len(live)], q[: len(training)] = live, training
+    return float(1.0 - np.minimum(p, q).sum())
 
 
 def _oof_costs(table: RoutingTable, emb: np.ndarray, feats: np.ndarray, n_folds: int, seed: int) -> np.ndarray:

@@ -122,7 +122,8 @@ def merge_tables(first: RoutingTable, emb_first: np.ndarray, second: RoutingTabl
         raise OutcomeError(f"cannot merge tables over {first.models} and {second.models}")
     table = RoutingTable(first.dataset, first.query_ids + second.query_ids, first.texts + second.texts,
                          list(first.models), np.vstack([first.scores, second.scores]),
-                         np.vstack([first.costs, second.costs]), first.splits + second.splits)
+                         np.vstack([first.costs, second.costs]), first.splits + second.splits,
+                         first.tasks + second.tasks)
     return table, np.vstack([emb_first, emb_second])
 
 

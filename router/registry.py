@@ -1,7 +1,8 @@
 """One registry of the models the routers know: tier (small / medium / large) and token prices.
 
-Tiers decide which local model serves a query (see DESIGN.md: SmolLM2-135M / Qwen2.5-0.5B /
-Qwen2.5-1.5B in the embedded stack). The mapping of the public routing sets' models:
+Tiers decide which local model serves a query (SmolLM2-135M / Qwen2.5-Coder-0.5B /
+Qwen2.5-Coder-1.5B in the embedded stack: README.md, `workers/models.py`). The mapping of the
+public routing sets' models:
 
 - RouterBench: small = 7–13B open models; medium = 34–70B open models and the cheap API models
   (gpt-3.5-turbo, claude-instant); large = frontier API models (gpt-4, claude-v1/v2).

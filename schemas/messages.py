@@ -231,6 +231,8 @@ class RouterVersion(_Message):
     metrics: dict[str, Any] = Field(default_factory=dict)
     n_outcomes: int = 0
     artifact_base64: str = ""
+    training_mix: list[float] = Field(default_factory=list,
+                                      description="share of its training queries per cluster (drift is measured against it)")
     created_at: UtcDatetime = Field(default_factory=utcnow)
 
     @model_validator(mode="after")

@@ -181,14 +181,17 @@ async def run_sink(kafka: KafkaSettings, clickhouse_dsn: str, *, batch_size: int
                    query_port: int = 0, keyring: Keyring | None = None,
                    analytics_refresh_seconds: int = 60,
                    tier_prices: dict[str, tuple[str, float, float]] | None = None,
+                   training_mixes: dict[str, list[float]] | None = None,
                    dlq_limit: DlqLimitSettings = DlqLimitSettings(),
                    stop: asyncio.Event | None = None, on_ready: Callable[[], None] | None = None) -> None:
-    """Store every topic's messages in ClickHouse until SIGTERM/SIGINT (or `stop`). With a
+    """Store every topic's messages in ClickHouse until SIGTERM/SIGINT (or `stop`). `tier_prices`
+    and `training_mixes` ({router version: share per cluster}, for the routers the stream may run
+    that are not on `router.models`) go to the analytics tables at start. With a
     `query_port` and a `keyring`, also serve authenticated reads on loopback (one process owns a
     chDB directory)."""
     client = connect(clickhouse_dsn)
     apply_schema(client)
-    apply_analytics(client, analytics_refresh_seconds, tier_prices or {})
+    apply_analytics(client, analytics_refresh_seconds, tier_prices or {}, training_mixes or {})
     writer = ClickHouseWriter(client)
     lock = asyncio.Lock()
     runner = None

@@ -177,6 +177,7 @@ def init() -> None:
     """Create the topics and ClickHouse tables on an existing Kafka and ClickHouse (production)."""
     from infra.broker import create_topics_sync
     from infra.clickhouse import apply_analytics, apply_schema, connect
+    from switchyard.live_router import training_mixes
     from workers.tiers import price_table
 
     settings = _settings()
@@ -184,7 +185,8 @@ def init() -> None:
     client = connect(settings.clickhouse_dsn)
     try:
         apply_schema(client)
-        apply_analytics(client, settings.clickhouse.analytics_refresh_seconds, price_table(settings.workers))
+        apply_analytics(client, settings.clickhouse.analytics_refresh_seconds, price_table(settings.workers),
+                        training_mixes(settings))
     finally:
         client.close()
     console.print(f"topics created on {settings.kafka.bootstrap}; tables ready at {settings.clickhouse_dsn}")
@@ -405,9 +407,10 @@ def report(job_id: Optional[str] = typer.Option(None, "--job", help="One job; de
                                              "scheduled refresh)."),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Routing outcomes from ClickHouse's analytics views: volume, graded quality, cost, what
-    routing saved against the large tier's prices, latency quantiles, dead letters by reason."""
+    routing saved against the large tier's prices, latency quantiles, dead letters by reason, and
+    each job's mix drift from its router's training mix."""
     from infra.clickhouse.questions import OUTCOMES_BY
-    from switchyard.console import dead_letters_table, report_table, since_to_utc
+    from switchyard.console import dead_letters_table, drift_table, report_table, since_to_utc
 
     if by not in OUTCOMES_BY:
         fail(f"--by must be one of {', '.join(OUTCOMES_BY)}")
@@ -423,15 +426,18 @@ def report(job_id: Optional[str] = typer.Option(None, "--job", help="One job; de
         as_of = wh.refresh_analytics() if refresh else None
         rows = _ask(wh, "outcomes", **params)
         dead = _ask(wh, "dead_letters_by_reason", **{k: v for k, v in params.items() if k != "by"})
+        drift = _ask(wh, "mix_drift", **{k: v for k, v in params.items() if k != "by"})
     finally:
         wh.close()
     if as_json:
         out.print_json(json.dumps({"by": by, "since": since_at or None, "as_of": as_of, "rows": rows,
-                                   "dead_letters": dead}, default=str))
+                                   "dead_letters": dead, "drift": drift}, default=str))
         return
     out.print(report_table(rows, by))
     if dead:
         out.print(dead_letters_table(dead))
+    if drift:
+        out.print(drift_table(drift))
 
 
 @app.command()

@@ -153,6 +153,36 @@ def _read_queries(path: Path) -> tuple[list[str], list[str]]:
     return ids, texts
 
 
+@router_app.command("mix")
+def mix(
+    router_dir: Path = typer.Option(..., "--router", help="Router artifact directory."),
+    data: str = typer.Option(..., "--data", help="The routing rows it was fitted on (their query texts)."),
+    embed_cache: Optional[Path] = typer.Option(None, "--embed-cache", help="Embedding cache directory."),
+):
+    """Record an artifact's training mix (share of its training queries per cluster), which the
+    drift figure compares live traffic with. `router fit` records it itself; this is for an
+    artifact fitted before it did. Only router.json's meta changes: the version stays."""
+    with clear_errors():
+        import json as _json
+
+        from router.artifact import load_router
+        from router.data import load_rows
+        from router.learned import cluster_mix
+
+        router = load_router(router_dir)
+        texts = list({str(r["query_text"]): None for r in load_rows(_paths(data))})
+        emb = _embed_with_progress(texts, f"{len(texts)} queries", embed_cache)
+        shares = cluster_mix(router.predict(texts, emb).cluster)
+        if not shares:
+            raise InputError(f"router {router.name!r} assigns no clusters: it has no training mix")
+        meta_path = router_dir / "router.json"
+        meta = _json.loads(meta_path.read_text())
+        meta["meta"]["training_mix"] = shares
+        meta_path.write_text(_json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        console.print(f"{router_dir}: training mix over {len(shares)} clusters from {len(texts)} queries "
+                      f"(version {router.version} unchanged)")
+
+
 @router_app.command("route")
 def route(
     router_dir: Path = typer.Option(..., "--router", help="Router artifact directory."),
@@ -265,17 +295,26 @@ def bench_routing(
                              "(one thread each; the results do not depend on it)."),
     seed: int = typer.Option(0, "--seed"),
     embed_cache: Optional[Path] = typer.Option(None, "--embed-cache"),
+    protocol: str = typer.Option("cv", "--protocol", help="cv: K folds by query_id. shift: also leave-tasks-out "
+                                 "folds (every task in one fold) and the cv picks under re-weighted task mixes."),
+    mixes: int = typer.Option(1000, "--mixes", min=10, help="Task mixes drawn for --protocol shift."),
+    mix_concentration: float = typer.Option(10.0, "--mix-concentration", min=0.1,
+                                            help="Dirichlet concentration of the mixes (smaller: further from the data's mix)."),
 ):
     """Fit on train and score on queries the routers never saw: test rows if present, else K-fold
-    cross-validation over train (default 5; pooled out-of-fold), or one validation split (--folds 1)."""
+    cross-validation over train (default 5; pooled out-of-fold), or one validation split (--folds 1).
+    --protocol shift adds the router under shift: leave-tasks-out folds and re-weighted task mixes."""
     with clear_errors():
         import numpy as np
 
         from router.bench.evaluate import bench, bench_cv
         from router.bench.report import budget_line, markdown
-        from router.bench.splits import cv_folds, validation_split
+        from router.bench.evaluate import task_mixes
+        from router.bench.splits import cv_folds, task_folds, validation_split
         from router.learned import ROUTER_KINDS
 
+        if protocol not in ("cv", "shift"):
+            raise InputError(f"--protocol must be cv or shift, not {protocol!r}")
         names = [r.strip() for r in routers.split(",") if r.strip()]
         bad = [r for r in names if r not in ROUTER_KINDS]
         if bad:
@@ -288,7 +327,13 @@ def bench_routing(
             is_test = np.array([s == "test" for s in table.splits])
             is_train = np.array([s == "train" for s in table.splits])
             tr = np.flatnonzero(is_train)
+            shift = protocol == "shift"
+            if shift and (is_test.any() or folds == 1):
+                raise InputError(f"{name}: --protocol shift needs train rows only and --folds ≥ 2")
+            n_tasks = len({table.tasks[i] for i in tr})
             n_steps = len(names) * (folds if (folds > 1 and not is_test.any()) else 1)
+            if shift:
+                n_steps += len(names) * min(folds, n_tasks)
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), console=console, transient=True) as progress:
                 task = progress.add_task(f"{name}", total=n_steps)
@@ -315,18 +360,28 @@ def bench_routing(
                     sub = table.subset(tr)
                     res = bench_cv(sub, emb[tr], cv_folds(sub.query_ids, folds, seed), routers=names,
                                    points=sweep, seed=seed, on_step=step, n_bootstrap=bootstrap, jobs=jobs)
+                    if shift:
+                        tf = task_folds(sub.tasks, folds, seed)
+                        lto = bench_cv(sub, emb[tr], tf, routers=names, points=sweep, seed=seed, on_step=step,
+                                       n_bootstrap=bootstrap, jobs=jobs, protocol="leave_tasks_out",
+                                       eval_source=f"leave-tasks-out ({len(np.unique(tf))} folds of whole tasks; "
+                                                   f"pooled out-of-fold)")
+                        mix = task_mixes(res, sub, mixes, mix_concentration, seed)
             res.timings_s["embed"] = round(t_embed, 2)
             res.timings_s["total"] = round(time.perf_counter() - t0, 2)
-            out = res.to_json()
-            results[name] = out
+            blocks = {name: res} if not shift else {name: res, f"{name}/leave_tasks_out": lto,
+                                                    f"{name}/task_mixes": mix}
             wide = Console(width=260)
-            wide.print(render_bench_table(out))
-            paired = render_paired_table(out)
-            if paired is not None:
-                wide.print(paired)
-            if out["budget_check"]:
-                wide.print(budget_line(out))
-            wide.print(f"timings (s): {out['timings_s']}")
+            for key, r in blocks.items():
+                out = r.to_json()
+                results[key] = out
+                wide.print(render_bench_table(out))
+                paired = render_paired_table(out)
+                if paired is not None:
+                    wide.print(paired)
+                if out["budget_check"] and r.protocol == "cv":
+                    wide.print(budget_line(out))
+            wide.print(f"timings (s): {res.timings_s}")
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(results, indent=1))
         console.print(f"wrote {json_out}")

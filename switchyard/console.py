@@ -145,6 +145,14 @@ def report_table(rows: list[dict], by: str) -> Table:
     return table
 
 
+def drift_table(rows: list[dict]) -> Table:
+    table = Table("job", "router version", "requests", "mix drift",
+                  title="cluster mix vs the router's training mix (total variation: 0 same, 1 disjoint)")
+    for r in rows:
+        table.add_row(escape(r["job_id"]), r["router_version"], str(r["requests"]), f"{float(r['drift']):.2f}")
+    return table
+
+
 def dead_letters_table(rows: list[dict]) -> Table:
     table = Table("stage", "reason", "dead letters", title="dead letters")
     for r in rows:

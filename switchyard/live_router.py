@@ -30,6 +30,15 @@ def load_router(settings: Settings):
     return HeuristicRouter()
 
 
+def training_mixes(settings: Settings) -> dict[str, list[float]]:
+    """{version: training mix} of the router the stream runs when nothing is published (the
+    configured or shipped artifact), for the drift figure; {} for the heuristic or an artifact
+    fitted before mixes were recorded."""
+    router = load_router(settings)
+    mix = getattr(router, "training_mix", None)
+    return {router.version: mix} if mix and getattr(router, "version", "") else {}
+
+
 def latest_published(rows: list[dict]):
     """The router of the newest published row of `router_versions`, if any."""
     from router.artifact import from_bytes

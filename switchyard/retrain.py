@@ -51,6 +51,23 @@ SELECT (SELECT count() FROM feedback FINAL
         FROM router_versions) AS seconds_since
 """
 
+# The live router's mix drift over the decisions since the last verdict (analytics.mix_drift's
+# formula, over that window instead of per job): the drift trigger of the schedule.
+DRIFT_SINCE_LAST_RETRAIN = """
+WITH (SELECT max(created_at) FROM router_versions) AS last_at,
+     (SELECT argMax(router_version, decided_at) FROM decisions) AS live_version,
+live AS (
+    SELECT cluster, count() AS n, sum(count()) OVER () AS total
+    FROM decisions FINAL WHERE decided_at > last_at AND router_version = live_version GROUP BY cluster
+), train AS (
+    SELECT toInt32(i - 1) AS cluster, share FROM analytics.training_mix
+    ARRAY JOIN shares AS share, arrayEnumerate(shares) AS i WHERE router_version = live_version
+)
+SELECT any(live_version) AS router_version, ifNull(any(l.total), 0) AS requests,
+       if((SELECT count() FROM train) = 0, NULL, greatest(0, 1 - sum(least(l.n / l.total, t.share)))) AS drift
+FROM live AS l LEFT JOIN train AS t ON t.cluster = l.cluster
+"""
+
 
 class RetrainError(RuntimeError):
     """Retraining could not produce a candidate (too few outcomes, a tier never seen)."""
@@ -157,7 +174,7 @@ def retrain(outcomes: list[Outcome], current, served: dict[str, str], embed: Cal
     verdict = RouterVersion(
         version=candidate.version, parent_version=getattr(current, "version", ""),
         verdict="published" if ok else "refused", reason=reason, metrics=metrics, n_outcomes=len(outcomes),
-        artifact_base64=artifact if ok else "")
+        artifact_base64=artifact if ok else "", training_mix=candidate.training_mix or [])
     return RetrainResult(verdict, metrics)
 
 

@@ -41,6 +41,10 @@ class RetrainSettings(BaseModel):
     enabled: bool = True
     every_feedback: int = Field(default=500, ge=1, description="retrain after this many new feedback rows")
     every_minutes: float = Field(default=180.0, gt=0, description="or after this long, if any feedback is new")
+    drift_threshold: float = Field(default=0.5, gt=0, le=1, description="or when the live router's mix drift "
+                                   "(total variation from its training mix) since the last verdict reaches this, "
+                                   "if any feedback is new")
+    drift_min_requests: int = Field(default=200, ge=1, description="decisions the drift trigger needs first")
     poll_seconds: float = Field(default=30.0, gt=0)
     holdout_share: float = Field(default=0.25, gt=0, lt=1)
     min_outcomes: int = Field(default=40, ge=1)

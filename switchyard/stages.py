@@ -61,10 +61,13 @@ def run_sink(settings: Settings, ready: Ready) -> None:
     keyring.ensure_operator_token()  # the endpoint's owner makes sure its operator can call it
     from workers.tiers import price_table
 
+    from switchyard.live_router import training_mixes
+
     prices = price_table(settings.workers)
     asyncio.run(sink(settings.kafka, settings.clickhouse_dsn, batch_size=ch.sink_batch_size,
                      flush_seconds=ch.sink_flush_seconds, query_port=settings.query_port,
                      analytics_refresh_seconds=ch.analytics_refresh_seconds, tier_prices=prices,
+                     training_mixes=training_mixes(settings),
                      keyring=keyring, dlq_limit=settings.dlq_limits.sink, on_ready=lambda: ready("ok")))
 
 
@@ -107,8 +110,11 @@ def run_serve(settings: Settings, ready: Ready) -> None:
         stop_serve(settings.workers.ray_temp_dir)
 
 
-def retrain_due(r, new_feedback: int, seconds_since_last: float) -> bool:
-    return new_feedback >= r.every_feedback or (new_feedback > 0 and seconds_since_last >= r.every_minutes * 60)
+def retrain_due(r, new_feedback: int, seconds_since_last: float, drift: float | None = None,
+                drift_requests: int = 0) -> bool:
+    drifted = drift is not None and drift >= r.drift_threshold and drift_requests >= r.drift_min_requests
+    return new_feedback >= r.every_feedback or (new_feedback > 0 and (seconds_since_last >= r.every_minutes * 60
+                                                                      or drifted))
 
 
 def run_retrainer(settings: Settings, ready: Ready) -> None:
@@ -116,7 +122,13 @@ def run_retrainer(settings: Settings, ready: Ready) -> None:
     `every_minutes` passed since it with any new one (counted from ClickHouse, so a restart of
     this stage loses nothing). A failed retrain is logged and tried again at the next trigger; it
     never takes the stage down."""
-    from switchyard.retrain import SINCE_LAST_RETRAIN, RetrainError, retrain_once, retrain_options
+    from switchyard.retrain import (
+        DRIFT_SINCE_LAST_RETRAIN,
+        SINCE_LAST_RETRAIN,
+        RetrainError,
+        retrain_once,
+        retrain_options,
+    )
     from switchyard.warehouse import Warehouse, WarehouseError
 
     r = settings.retrain
@@ -136,6 +148,7 @@ def run_retrainer(settings: Settings, ready: Ready) -> None:
             wh = Warehouse.open(settings)
             try:
                 row = wh.rows(SINCE_LAST_RETRAIN)[0]
+                drift = wh.rows(DRIFT_SINCE_LAST_RETRAIN)[0]
             finally:
                 wh.close()
         except (WarehouseError, OSError) as exc:
@@ -143,9 +156,10 @@ def run_retrainer(settings: Settings, ready: Ready) -> None:
             continue
         new = int(row["new_feedback"])
         waited = row["seconds_since"] if row["seconds_since"] is not None else time.monotonic() - started
-        if not retrain_due(r, new, waited):
+        if not retrain_due(r, new, waited, drift["drift"], int(drift["requests"])):
             continue
-        log.info("retraining: %d new feedback rows", new)
+        log.info("retraining: %d new feedback rows (mix drift %s over %d decisions)", new, drift["drift"],
+                 int(drift["requests"]))
         try:
             summary = retrain_once(settings, retrain_options(settings), settings.kafka, lambda s: log.info(s))
             log.info("retrain verdict: %s %s: %s", summary["verdict"], summary["version"], summary["reason"])

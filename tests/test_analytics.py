@@ -118,3 +118,45 @@ def test_cost_at_large_prices_every_answer_with_the_large_tiers_prices(stack, do
     assert math.isclose(row["saved_usd"], row["cost_at_large_usd"] - row["cost_usd"], rel_tol=1e-9, abs_tol=1e-15)
     p50, p90, p99 = row["end_to_end_ms_p50_p90_p99"]
     assert 0 < p50 <= p90 <= p99
+
+
+def _drift_report(stack, job: str) -> list[dict]:
+    env = {**os.environ, "SWITCHYARD_DATA_DIR": str(stack.settings.data_dir)}
+    env.pop("SWITCHYARD_API_KEY", None)
+    done = subprocess.run([sys.executable, "-m", "switchyard.cli", "report", "--job", job, "--json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["drift"]
+
+
+def test_report_shows_how_far_a_jobs_mix_is_from_the_routers_training_mix(stack):
+    """Two jobs through the live router: one drawn like the shipped router's training queries
+    (stratified by its clusters), one of a single kind. The report's drift for each equals the
+    distance computed offline from the same router's clusters, and the single-kind job is far."""
+    import gzip
+
+    import numpy as np
+
+    from router.artifact import load_default
+    from router.embeddings import embed
+    from router.learned import cluster_mix, mix_drift
+    import switchyard
+
+    router = load_default()
+    assert router.training_mix, "the shipped router records its training mix"
+    path = os.path.join(os.path.dirname(switchyard.__file__), "data", "local_outcomes.jsonl.gz")
+    texts = sorted({json.loads(line)["query_text"] for line in gzip.open(path, "rt")}, key=len)
+    clusters = router.predict(texts, embed(texts)).cluster
+    like = []  # per cluster, its share of 24 requests, shortest texts first
+    for c, share in enumerate(router.training_mix):
+        like += [t for t, k in zip(texts, clusters) if k == c][: max(1, round(share * 24))]
+    single = [f"Write a Python function add_{i}(a, b) that returns a + b." for i in range(12)]
+    figures = {}
+    for job, prompts in (("drift-like", like), ("drift-single", single)):
+        run_job(stack.settings, [request_line(f"q{i}", p) for i, p in enumerate(prompts)], job)
+        (row,) = _drift_report(stack, job)
+        offline = mix_drift(cluster_mix(router.predict(prompts, embed(prompts)).cluster), router.training_mix)
+        assert row["router_version"] == router.version and row["requests"] == len(prompts)
+        assert abs(row["drift"] - offline) < 1e-3, (job, row, offline)
+        figures[job] = row["drift"]
+    assert figures["drift-single"] > 0.5 and figures["drift-single"] > figures["drift-like"] + 0.3, figures

@@ -20,7 +20,8 @@ def client(tmp_path_factory):
     c = connect(f"chdb://{tmp_path_factory.mktemp('ch')}")
     apply_schema(c)
     fill_synthetic(c, 20000)
-    apply_analytics(c, 3600, {"large": ("m", 3.0, 15.0)})
+    apply_analytics(c, 3600, {"large": ("m", 3.0, 15.0)},
+                    {"v1": [1 / 20] * 20, "v2": [0.5, 0.5]})  # the synthetic decisions' router versions
     yield c
     c.close()
 

@@ -1,6 +1,7 @@
 """End to end on the real embedded stack: broker, faust router stream, tier workers, chDB sink."""
 import asyncio
 import json
+import signal
 import time
 
 import pytest
@@ -15,8 +16,31 @@ PROMPTS = ["What is 2 + 2?", "Name a fruit.", "Say hello in French.", "What colo
            "Write a python function that adds two numbers.", "Who wrote Hamlet?"]
 
 
+def _prompts(prefix: str, n: int) -> dict[str, str]:
+    return {f"{prefix}-{i}": PROMPTS[i % len(PROMPTS)] for i in range(n)}
+
+
 def _lines(prefix: str, n: int) -> list[bytes]:
-    return [request_line(f"{prefix}-{i}", PROMPTS[i % len(PROMPTS)]) for i in range(n)]
+    return [request_line(cid, prompt) for cid, prompt in _prompts(prefix, n).items()]
+
+
+def _offline_decisions(settings, job_id: str, prompts: dict[str, str]) -> tuple[str, dict[str, tuple[str, bool]]]:
+    """What the live router (the shipped default artifact) decides for these prompts offline,
+    with the same knobs (none: its default) and the stack's exploration draw, which is a pure
+    function of the request id: {custom_id: (tier, explored)}, and the router's version."""
+    from router.artifact import load_default
+    from router.base import Knobs
+    from router.embeddings import embed, load_encoder
+    from router.explore import explore
+
+    router = load_default()
+    texts = list(prompts.values())
+    choices = router.route(texts, embed(texts, encoder=load_encoder(), use_cache=False), [Knobs()] * len(texts))
+    decided = {}
+    for cid, choice in zip(prompts, choices):
+        pick = explore(f"{job_id}:{cid}", choice.tier, settings.router.explore_rate)
+        decided[cid] = (pick.tier, pick.explored)
+    return router.version, decided
 
 
 def _query(stack, sql: str, job: str) -> list[dict]:
@@ -67,8 +91,15 @@ def test_every_request_gets_exactly_one_result_and_one_decision_row(stack):
     assert all(r.status == "ok" and r.answer_text() for r in outcome.results.values())
     assert _wait_rows(stack, RESULTS_N, "e2e-basic", 6) == 6
     assert _wait_rows(stack, DECISIONS_N, "e2e-basic", 6) == 6
-    tiers = _query(stack, "SELECT DISTINCT tier FROM decisions FINAL WHERE job_id = {job:String}", "e2e-basic")
-    assert len(tiers) >= 2, "the heuristic should spread these prompts over tiers"
+    # The tiers stored are the live router's own decisions for these texts, request by request.
+    version, decided = _offline_decisions(stack.settings, "e2e-basic", _prompts("basic", 6))
+    assert len({tier for tier, _ in decided.values()}) >= 2, "these prompts should span tiers (else the check is weak)"
+    rows = _query(stack, "SELECT custom_id, tier, explored, router_version FROM decisions FINAL "
+                         "WHERE job_id = {job:String}", "e2e-basic")
+    assert {r["custom_id"]: (r["tier"], bool(r["explored"])) for r in rows} == decided
+    assert {r["router_version"] for r in rows} == {version}
+    answered = _query(stack, "SELECT custom_id, tier FROM results FINAL WHERE job_id = {job:String}", "e2e-basic")
+    assert {r["custom_id"]: r["tier"] for r in answered} == {cid: tier for cid, (tier, _) in decided.items()}
 
 
 def test_submitting_the_same_job_twice_yields_no_duplicate_rows(stack):
@@ -113,12 +144,24 @@ def test_restarting_stages_mid_job_leaves_exactly_one_row_per_request(stack):
 
     lines = _lines("restart", 12)
     sub, messages = prepare(JobFile(stack.settings.data_dir / "r.jsonl", lines), "e2e-restart", "tests")
-    asyncio.run(publish(stack.settings.kafka, sub, messages))
-    time.sleep(2)  # let some of it be in flight
-    for name in ("worker-small", "router", "sink", "worker-medium"):
+    # Part of the job first; once some of it is answered and stored, the rest, then the kills: the
+    # stages die with some of the job answered and the rest in flight.
+    asyncio.run(publish(stack.settings.kafka, sub, messages[:8]))
+    assert _wait_rows(stack, RESULTS_N, "e2e-restart", 1, timeout=120) >= 1, "none of the first part was answered"
+    asyncio.run(publish(stack.settings.kafka, sub, messages[8:]))
+    answered = _query(stack, RESULTS_N, "e2e-restart")[0]["n"]
+    assert 0 < answered < 12, f"{answered} of 12 answered when the stages are killed: not mid-job"
+    names = ("worker-small", "router", "sink", "worker-medium")
+    before = {name: (stack.stages[name].proc, stack.stages[name].restarts) for name in names}
+    for name in names:
         stack.restart_stage(name, wait=False)
-    for name in ("worker-small", "router", "sink", "worker-medium"):
+    for name in names:
         stack.wait_ready(name)
+    for name, (old, restarts) in before.items():
+        stage = stack.stages[name]
+        assert old.returncode == -signal.SIGKILL, f"{name}'s old process was not killed ({old.returncode})"
+        assert stage.proc.pid != old.pid and stage.proc.poll() is None, f"{name} did not come back"
+        assert stage.restarts == restarts + 1, name
     outcome = asyncio.run(wait_for(stack.settings.kafka, sub, 300))
     assert not outcome.timed_out and set(outcome.results) == sub.expected
     assert _wait_rows(stack, RESULTS_N, "e2e-restart", 12, timeout=120) == 12

@@ -206,6 +206,18 @@ def test_the_schedule_retrains_on_enough_feedback_or_enough_time_with_some():
     assert retrain_due(r, 1, 600) and not retrain_due(r, 0, 10_000)
 
 
+def test_the_schedule_retrains_early_when_the_live_mix_drifted_and_some_feedback_is_new():
+    from switchyard.settings import RetrainSettings
+    from switchyard.stages import retrain_due
+
+    r = RetrainSettings(every_feedback=100, every_minutes=10, drift_threshold=0.4, drift_min_requests=50)
+    assert retrain_due(r, 1, 0, drift=0.4, drift_requests=50)
+    assert not retrain_due(r, 0, 0, drift=0.9, drift_requests=500)  # nothing new to learn from
+    assert not retrain_due(r, 1, 0, drift=0.39, drift_requests=500)
+    assert not retrain_due(r, 1, 0, drift=0.9, drift_requests=49)  # too few decisions to tell
+    assert not retrain_due(r, 1, 0, drift=None, drift_requests=500)  # the router records no training mix
+
+
 def test_with_every_tier_at_one_price_the_default_operating_point_follows_quality(tmp_path):
     """One model at one price on every tier (the lean stack): the tiers' costs differ only by a
     token here and there, so cost offers no trade-off. The default α must not be fitted to that

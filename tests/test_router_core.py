@@ -126,8 +126,12 @@ def test_artifact_round_trip_keeps_version_and_decisions(tmp_path, split, defaul
     b = loaded.route(ev.texts, emb, knobs)
     assert [c.model for c in a] == [c.model for c in b]
     assert sum(f.stat().st_size for f in (tmp_path / "r").iterdir()) < 5e6
-    # no pickles: arrays load with allow_pickle=False
-    np.load(tmp_path / "r" / "arrays.npz", allow_pickle=False).files
+    # no pickles: every array loads with allow_pickle=False (an object array raises) and is numeric
+    with np.load(tmp_path / "r" / "arrays.npz", allow_pickle=False) as z:
+        assert z.files
+        arrays = {name: z[name] for name in z.files}
+    assert all(a.dtype != object and a.dtype.kind in "biufcUS" for a in arrays.values()), \
+        {name: a.dtype for name, a in arrays.items()}
 
 
 def test_artifact_fitted_on_other_text_features_is_refused(tmp_path, default_router):

@@ -1,10 +1,12 @@
-"""The router stage's processor with real MiniLM embeddings (no broker needed)."""
+"""The router stage's processor with real MiniLM embeddings (no broker needed), wired as the
+stage wires it (`switchyard.stages.router_processor`): the live router, not a stand-in."""
 import json
 
 import pytest
 
+from router.artifact import load_default
+from router.base import Knobs
 from router.embeddings import embed, load_encoder
-from router.heuristic import HeuristicRouter
 from schemas import RoutingDecision, WorkItem
 from schemas.messages import DeadLetter
 from streams.records import RawRecord
@@ -15,9 +17,19 @@ SERVED = {"small": "s-model", "medium": "m-model", "large": "l-model"}
 
 
 @pytest.fixture(scope="module")
-def processor():
-    encoder = load_encoder()
-    return RouterProcessor(HeuristicRouter(), lambda t: embed(t, encoder=encoder, use_cache=False), SERVED)
+def settings(tmp_path_factory):
+    from switchyard.settings import Settings
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("router"))
+    settings.router.explore_rate = 0.0  # no random tier: every decision is the router's own
+    return settings
+
+
+@pytest.fixture(scope="module")
+def processor(settings):
+    from switchyard.stages import router_processor
+
+    return router_processor(settings)
 
 
 def _rec(value, offset=0, job=b"job-1"):
@@ -29,20 +41,41 @@ def _line(cid, prompt, **extra):
     return json.dumps({"custom_id": cid, "body": {"messages": [{"role": "user", "content": prompt}]}, **extra}).encode()
 
 
-def test_each_valid_query_gets_work_on_its_tier_and_a_decision(processor):
-    easy = _line("easy", "What is the capital of France?")
-    hard = _line("hard", "Solve step by step: if 3x + 7 = 22 and y = 2x - 1, calculate y. Explain why. " * 6)
-    outputs = processor.process([_rec(easy, 0), _rec(hard, 1)])
+def test_each_valid_query_gets_work_on_its_tier_and_a_decision(processor, settings):
+    from workers.tiers import served_models
+
+    # (prompt, routing knobs): the stage must pass each request's knobs to the router
+    queries = {
+        "easy": ("What is the capital of France?", {}),
+        "hard": ("Solve step by step: if 3x + 7 = 22 and y = 2x - 1, calculate y. Explain why. " * 6, {}),
+        "cheap": ("Write a python function that returns the nth Fibonacci number.", {"alpha": 0.0}),
+        "best": ("Name a planet.", {"alpha": 1.0}),
+    }
+    lines = [_line(cid, text, routing=knobs) for cid, (text, knobs) in queries.items()]
+    outputs = processor.process([_rec(line, i) for i, line in enumerate(lines)])
     decisions = {d.custom_id: d for d in (decode(RoutingDecision, o.value) for o in outputs if o.topic == "decisions")}
     works = [o for o in outputs if o.topic.startswith("work.")]
-    assert set(decisions) == {"easy", "hard"} and len(works) == 2
-    assert decisions["easy"].tier == "small" and decisions["hard"].tier == "large"
+    assert set(decisions) == set(queries) and len(works) == len(queries)
+
+    # What the live router (the shipped default artifact, loaded afresh) decides offline for the
+    # same texts and knobs, embedded independently: the stage's decisions must be exactly these.
+    router = load_default()
+    assert processor.router.version == router.version
+    texts = [text for text, _ in queries.values()]
+    offline = router.route(texts, embed(texts, encoder=load_encoder(), use_cache=False),
+                           [Knobs(**knobs) for _, knobs in queries.values()])
+    expected = dict(zip(queries, offline))
+    assert len({c.tier for c in offline}) >= 2, "the queries must not all land on one tier"
+    for cid, d in decisions.items():
+        assert (d.tier, d.router_model, d.cluster) == (expected[cid].tier, expected[cid].model, expected[cid].cluster), cid
+        assert d.predicted_quality == pytest.approx(expected[cid].predicted_quality, abs=1e-4)
+    served = served_models(settings.workers)
     for out in works:
         item = decode(WorkItem, out.value)
-        assert out.topic == f"work.{item.tier}"
+        assert out.topic == f"work.{item.tier}" and item.tier == decisions[item.custom_id].tier
         assert out.key == f"job-1:{item.custom_id}".encode()
-        assert decisions[item.custom_id].served_model == SERVED[item.tier]
-    assert all(d.router_version == "heuristic-v1" for d in decisions.values())
+        assert decisions[item.custom_id].served_model == served[item.tier]
+    assert all(d.router_version == router.version for d in decisions.values())
 
 
 def test_bad_input_goes_to_the_dlq_with_its_reason_and_the_rest_is_routed(processor):

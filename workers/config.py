@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from schemas.common import TIERS, Tier
 from workers.models import LOCAL_MODELS
@@ -69,6 +69,8 @@ class WorkerSettings(BaseModel):
     # Lean mode for tests: every tier is served by the small tier's model (and its settings).
     all_tiers_small: bool = False
     max_tokens_cap: int = 256
+    # A partial override changes only what it names: SWITCHYARD_WORKERS__MODELS='{"large": {...}}'
+    # keeps small and medium, and each named tier keeps the default's fields it does not set.
     models: dict[str, TierModel] = Field(default_factory=default_tier_models)
     model_dir: Path = Path.home() / ".cache" / "switchyard" / "models"
     ray_temp_dir: Path = Path("/tmp/switchyard-ray")
@@ -79,3 +81,18 @@ class WorkerSettings(BaseModel):
     # A tier's model fails every call while <data_dir>/run/fault.<tier> exists (workers.faults),
     # for chaos runs and tests. Off: the file is never looked at.
     fault_files: bool = True
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _merge_over_the_default_tiers(cls, value):
+        if not isinstance(value, dict):
+            return value  # pydantic says what is wrong with it
+        unknown = sorted(set(value) - set(TIERS))
+        if unknown:
+            raise ValueError(f"workers.models names unknown tier(s) {unknown}; the tiers are {list(TIERS)}")
+        merged: dict = {tier: m.model_dump() for tier, m in default_tier_models().items()}
+        for tier, given in value.items():
+            if isinstance(given, TierModel):
+                given = given.model_dump(exclude_unset=True)
+            merged[tier] = {**merged[tier], **given} if isinstance(given, dict) else given
+        return merged

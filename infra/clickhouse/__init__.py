@@ -32,9 +32,12 @@ def apply_schema(client: Client) -> None:
 ANALYTICS_VIEWS = ("analytics.outcomes_hourly", "analytics.dead_letters_hourly", "analytics.cluster_labels")
 
 
-def apply_analytics(client: Client, refresh_seconds: int, tier_prices: dict[str, tuple[str, float, float]]) -> None:
-    """The analytics database and its refreshable views (analytics.sql), and the served tiers'
-    prices {tier: (model, $/Mtok in, $/Mtok out)} the views price "cost at large" with."""
+def apply_analytics(client: Client, refresh_seconds: int, tier_prices: dict[str, tuple[str, float, float]],
+                    training_mixes: dict[str, list[float]] | None = None) -> None:
+    """The analytics database and its refreshable views (analytics.sql), the served tiers'
+    prices {tier: (model, $/Mtok in, $/Mtok out)} the views price "cost at large" with, and the
+    training mixes {router version: share per cluster} of routers that are not on `router.models`
+    (the shipped or configured one), which analytics.mix_drift compares live traffic with."""
     if refresh_seconds < 1:
         raise ValueError("analytics_refresh_seconds must be at least 1")
     for statement in schema_statements("analytics.sql"):
@@ -42,6 +45,9 @@ def apply_analytics(client: Client, refresh_seconds: int, tier_prices: dict[str,
     if tier_prices:
         client.insert("analytics.tier_prices", [[t, m, p_in, p_out] for t, (m, p_in, p_out) in tier_prices.items()],
                       column_names=["tier", "model", "price_per_mtok_in", "price_per_mtok_out"])
+    mixes = [[v, [float(x) for x in shares]] for v, shares in (training_mixes or {}).items() if v and shares]
+    if mixes:
+        client.insert("analytics.router_training_mix", mixes, column_names=["router_version", "shares"])
     refresh_analytics(client)
 
 

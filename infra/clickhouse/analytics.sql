@@ -120,3 +120,45 @@ LEFT JOIN (
         FROM base
     ) GROUP BY tenant, router_version, cluster
 ) AS w ON w.tenant = r.tenant AND w.router_version = r.router_version AND w.cluster = r.cluster
+;
+
+-- The training mix (share of training queries per cluster) of every router the stream may run:
+-- retrained versions bring theirs on `router.models` (router_versions.training_mix); the shipped
+-- or configured artifact's is written by the sink at start.
+CREATE TABLE IF NOT EXISTS analytics.router_training_mix (
+    router_version String,
+    shares Array(Float64),
+    updated_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree(updated_at)
+ORDER BY router_version;
+
+CREATE OR REPLACE VIEW analytics.training_mix AS
+SELECT router_version, argMax(shares, updated_at) AS shares FROM (
+    SELECT router_version, shares, updated_at FROM analytics.router_training_mix
+    UNION ALL
+    SELECT version AS router_version, training_mix AS shares, created_at AS updated_at
+    FROM router_versions FINAL WHERE verdict = 'published' AND notEmpty(training_mix)
+) GROUP BY router_version;
+
+-- Mix drift per tenant × job × router version: how far the job's cluster histogram (its routing
+-- decisions) is from the training mix of the router that routed it, as total variation distance
+-- 1 − Σ min(p_live, p_train): 0 = the training mix, 1 = no cluster in common. A plain view (not
+-- refreshed): always current. Routers without a recorded training mix are left out.
+CREATE OR REPLACE VIEW analytics.mix_drift AS
+WITH live AS (
+    SELECT tenant, job_id, router_version, cluster, count() AS n,
+           sum(count()) OVER (PARTITION BY tenant, job_id, router_version) AS total,
+           min(min(decided_at)) OVER (PARTITION BY tenant, job_id, router_version) AS first_at
+    FROM decisions FINAL
+    WHERE router_version IN (SELECT router_version FROM analytics.training_mix)
+    GROUP BY tenant, job_id, router_version, cluster
+), train AS (
+    SELECT router_version, toInt32(i - 1) AS cluster, share
+    FROM analytics.training_mix ARRAY JOIN shares AS share, arrayEnumerate(shares) AS i
+)
+SELECT l.tenant AS tenant, l.job_id AS job_id, l.router_version AS router_version,
+       any(l.total) AS requests, any(l.first_at) AS first_decided_at,
+       greatest(0, 1 - sum(least(l.n / l.total, t.share))) AS drift
+FROM live AS l
+LEFT JOIN train AS t ON t.router_version = l.router_version AND t.cluster = l.cluster
+GROUP BY tenant, job_id, router_version

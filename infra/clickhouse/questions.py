@@ -151,6 +151,14 @@ SELECT cluster, argMax(label, requests) AS label, argMax(representative, request
 FROM analytics.cluster_labels WHERE {SCOPE} GROUP BY cluster ORDER BY cluster
 """
 
+# How far each job's cluster mix is from its router's training mix (analytics.mix_drift).
+MIX_DRIFT = f"""
+SELECT job_id, router_version, requests, round(drift, 4) AS drift, first_decided_at
+FROM analytics.mix_drift
+WHERE ({{job:String}} = '' OR job_id = {{job:String}}) AND {SCOPE} AND first_decided_at >= {SINCE}
+ORDER BY first_decided_at DESC, job_id LIMIT 50
+"""
+
 
 QUESTIONS: dict[str, Question] = {q.name: q for q in (
     Question("job_status", "counts of a job's requests, decisions, results, errors and dead letters",
@@ -170,6 +178,8 @@ QUESTIONS: dict[str, Question] = {q.name: q for q in (
              defaults=ANALYTICS_DEFAULTS),
     Question("cluster_labels", "a label and a representative query per semantic cluster (your requests only)",
              CLUSTER_LABELS),
+    Question("mix_drift", "per job: distance of its cluster mix from the router's training mix (0 same … 1 disjoint)",
+             MIX_DRIFT, defaults=ANALYTICS_DEFAULTS),
     Question("latency_sample", "end-to-end latencies of up to 5,000 answers", LATENCY_SAMPLE,
              defaults=ANALYTICS_DEFAULTS),
 )}

@@ -109,6 +109,8 @@ CREATE TABLE IF NOT EXISTS router_versions (
 ) ENGINE = ReplacingMergeTree(created_at)
 ORDER BY (version, verdict);
 
+ALTER TABLE router_versions ADD COLUMN IF NOT EXISTS training_mix Array(Float64) AFTER artifact_base64;
+
 -- The router's training rows: one per graded answer, joining the decision (tier, exploration,
 -- propensity, version), the result (served model, cost, latency), the request (its body, for
 -- the query text) and the request's feedback (mean score over sources).

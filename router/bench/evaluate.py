@@ -61,6 +61,11 @@ class BenchResult:
     fold_metrics: dict[str, dict[str, dict]] = field(default_factory=dict)  # per-fold mean / std
     n_folds: int = 1
     n_bootstrap: int = 0
+    protocol: str = "cv"  # cv (folds by query) | leave_tasks_out | task_mixes
+    n_task_mixes: int = 0
+    mix_concentration: float | None = None
+    task_metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # task → router → metrics
+    per_query: dict = field(default_factory=dict, repr=False)  # router → realised cost/quality per query (not saved)
 
     def to_json(self) -> dict:
         return {
@@ -70,6 +75,10 @@ class BenchResult:
             "eval_source": self.eval_source,
             "n_folds": self.n_folds,
             "n_bootstrap": self.n_bootstrap,
+            "protocol": self.protocol,
+            "n_task_mixes": self.n_task_mixes,
+            "mix_concentration": self.mix_concentration,
+            "task_metrics": self.task_metrics,
             "reference": self.reference.__dict__,
             "single_models": self.single_models,
             "metrics": self.metrics,
@@ -188,37 +197,51 @@ def _metrics_on(curves: dict[str, _Curve], rows: np.ndarray, ref: Reference) -> 
     return out
 
 
-def _bootstrap(curves: dict[str, _Curve], table: RoutingTable, best: int, cheap: int, n_boot: int, seed: int,
-               default: str, baselines: Sequence[str]):
-    """95 % percentile intervals per (router, metric) and paired intervals of default − baseline."""
-    n = len(table)
-    rng = np.random.default_rng(seed + 7919)
-    w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).T.astype(np.float64) / n  # (n, B)
-    refq, refc = table.scores[:, best] @ w, table.costs[:, best] @ w
-    chq, chc = table.scores[:, cheap] @ w, table.costs[:, cheap] @ w
+def _resampled(curves: dict[str, _Curve], table: RoutingTable, best: int, cheap: int, w: np.ndarray,
+               per_column_reference: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """Every router's metrics under each column of query weights `w` (n, B), columns summing to 1:
+    bootstrap resamples or re-weighted task mixes. The best single model and the cheapest are the
+    fixed ones of the unweighted data unless `per_column_reference` (a new task mix may crown
+    another model)."""
+    n_boot = w.shape[1]
+    if per_column_reference:
+        mean_q, mean_c = table.scores.T @ w, table.costs.T @ w  # (m, B)
+        refs = []
+        for b in range(n_boot):
+            bi = int(np.lexsort((mean_c[:, b], -mean_q[:, b]))[0])
+            ci = int(np.lexsort((-mean_q[:, b], mean_c[:, b]))[0])
+            refs.append(Reference(float(mean_q[bi, b]), float(mean_c[bi, b]), float(mean_q[ci, b]), float(mean_c[ci, b])))
+    else:
+        refq, refc = table.scores[:, best] @ w, table.costs[:, best] @ w
+        chq, chc = table.scores[:, cheap] @ w, table.costs[:, cheap] @ w
+        refs = [Reference(float(refq[b]), float(refc[b]), float(chq[b]), float(chc[b])) for b in range(n_boot)]
     routers = [r for r in curves if r not in NON_ROUTERS or r == "random"]
     boot: dict[str, dict[str, np.ndarray]] = {}
     for name in routers:
         cost, qual = curves[name].cost @ w, curves[name].quality @ w  # (points, B)
         vals: dict[str, list[float]] = {}
         for b in range(n_boot):
-            ref = Reference(float(refq[b]), float(refc[b]), float(chq[b]), float(chc[b]))
-            for k, v in curve_metrics(list(zip(cost[:, b], qual[:, b])), ref).items():
+            for k, v in curve_metrics(list(zip(cost[:, b], qual[:, b])), refs[b]).items():
                 vals.setdefault(k, []).append(v)
         boot[name] = {k: np.asarray(v) for k, v in vals.items()}
+    return boot
 
-    def interval(x: np.ndarray) -> list[float]:
-        ok = np.isfinite(x)
-        if ok.mean() < 0.5:  # undefined (e.g. parity never reached) on most resamples
-            return [float("nan"), float("nan"), float(ok.mean())]
-        lo, hi = np.percentile(x[ok], [2.5, 97.5])
-        return [float(lo), float(hi), float(ok.mean())]
 
-    intervals = {name: {k: interval(v) for k, v in m.items()} for name, m in boot.items()}
+def _interval(x: np.ndarray) -> list[float]:
+    ok = np.isfinite(x)
+    if ok.mean() < 0.5:  # undefined (e.g. parity never reached) on most resamples
+        return [float("nan"), float("nan"), float(ok.mean())]
+    lo, hi = np.percentile(x[ok], [2.5, 97.5])
+    return [float(lo), float(hi), float(ok.mean())]
+
+
+def _summarise(boot: dict[str, dict[str, np.ndarray]], default: str, baselines: Sequence[str]):
+    """95 % percentile intervals per (router, metric) and paired intervals of default − baseline."""
+    intervals = {name: {k: _interval(v) for k, v in m.items()} for name, m in boot.items()}
     paired: dict[str, dict] = {}
     if default in boot:
         for base in baselines:
-            if base not in boot:
+            if base not in boot or base == default:
                 continue
             paired[base] = {}
             for k in boot[default]:
@@ -226,21 +249,33 @@ def _bootstrap(curves: dict[str, _Curve], table: RoutingTable, best: int, cheap:
                 better = -d if k in LOWER_IS_BETTER else d
                 ok = np.isfinite(d)
                 paired[base][k] = {
-                    "diff_95": interval(d)[:2],
+                    "diff_95": _interval(d)[:2],
                     "p_default_better": float((better[ok] > 0).mean()) if ok.any() else float("nan"),
                     "defined_share": float(ok.mean()),
                 }
     return intervals, paired
 
 
+def _bootstrap(curves: dict[str, _Curve], table: RoutingTable, best: int, cheap: int, n_boot: int, seed: int,
+               default: str, baselines: Sequence[str]):
+    """Query bootstrap: 95 % intervals per (router, metric) and paired intervals of default − baseline."""
+    n = len(table)
+    rng = np.random.default_rng(seed + 7919)
+    w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).T.astype(np.float64) / n  # (n, B)
+    return _summarise(_resampled(curves, table, best, cheap, w), default, baselines)
+
+
 def _score(res: BenchResult, table: RoutingTable, curves: dict[str, _Curve], best: int, cheap: int,
            n_boot: int, seed: int, folds: np.ndarray | None = None, default: str = "switchyard") -> None:
+    res.per_query = curves
+    res.default = default
     res.curves = {
         name: [{"knob": k, "cost": float(c), "quality": float(q)}
                for k, c, q in zip(cv.knobs, cv.cost.mean(axis=1), cv.quality.mean(axis=1))]
         for name, cv in curves.items()
     }
     res.metrics = _metrics_on(curves, np.arange(len(table)), res.reference)
+    res.task_metrics = _per_task(table, {k: v for k, v in curves.items() if k not in NON_ROUTERS or k == "random"})
     if n_boot > 0:
         t0 = time.perf_counter()
         res.intervals, res.paired = _bootstrap(curves, table, best, cheap, n_boot, seed, default, PAIRED_BASELINES)
@@ -262,6 +297,45 @@ def _score(res: BenchResult, table: RoutingTable, curves: dict[str, _Curve], bes
                        "values": [float(x) for x in v]} for k, v in m.items()}
             for name, m in per_fold.items()
         }
+
+
+def _per_task(table: RoutingTable, curves: dict[str, _Curve]) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics within each task, against that task's own best single and cheapest model."""
+    tasks = np.asarray(table.tasks)
+    if len(set(table.tasks)) < 2:
+        return {}
+    out = {}
+    for t in sorted(set(table.tasks)):
+        rows = np.flatnonzero(tasks == t)
+        ref, _, _ = reference_of(table.scores[rows], table.costs[rows])
+        out[t] = {"n_queries": len(rows), **_metrics_on(curves, rows, ref)}
+    return out
+
+
+def task_mixes(res: BenchResult, table: RoutingTable, n_draws: int = 1000, concentration: float = 10.0,
+               seed: int = 0) -> BenchResult:
+    """The same out-of-sample picks as `res` (a `bench_cv` over `table`), read under `n_draws` task
+    mixes drawn from a Dirichlet around the data's own mix (`splits.task_mix_weights`): the routers
+    were fitted on one mix and are scored on another, as when a tenant's traffic drifts. Point
+    values are the mean over mixes, intervals the 2.5–97.5 percentiles over mixes, and the paired
+    rows the default minus each baseline on the same mix; the best single model is recomputed per
+    mix."""
+    from router.bench.splits import task_mix_weights
+
+    if not res.per_query:
+        raise ValueError("task_mixes needs a result scored in this process (per-query curves are not saved)")
+    w = task_mix_weights(table.tasks, n_draws, concentration, seed)
+    ref, best, cheap = reference_of(table.scores, table.costs)
+    boot = _resampled(res.per_query, table, best, cheap, w, per_column_reference=True)
+    out = BenchResult(res.dataset, res.n_train, res.n_eval,
+                      f"{res.eval_source}, re-weighted: {n_draws} task mixes ~ Dirichlet(concentration "
+                      f"{concentration:g} × the data's task shares)", ref)
+    out.protocol, out.n_folds, out.n_task_mixes, out.mix_concentration = "task_mixes", res.n_folds, n_draws, concentration
+    out.single_models, out.curves, out.default = res.single_models, res.curves, res.default
+    out.metrics = {name: {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in m.items()}
+                   for name, m in boot.items()}
+    out.intervals, out.paired = _summarise(boot, res.default, PAIRED_BASELINES)
+    return out
 
 
 def _new_result(table: RoutingTable, n_train: int, eval_source: str) -> tuple[BenchResult, int, int]:
@@ -354,6 +428,8 @@ def bench_cv(
     n_bootstrap: int = 1000,
     default: str = "switchyard",
     jobs: int = 1,
+    eval_source: str | None = None,
+    protocol: str = "cv",
 ) -> BenchResult:
     """K-fold cross-validation: fold f is routed by routers fitted on the other folds; the picks of
     all folds are pooled and scored as one curve over every query (see the module docstring).
@@ -362,9 +438,11 @@ def bench_cv(
     folds = np.asarray(folds)
     ids = np.unique(folds)
     k = len(ids)
-    res, best, cheap = _new_result(table, int(round(len(table) * (k - 1) / k)),
+    n_train = int(round(np.mean([(folds != f).sum() for f in ids])))
+    res, best, cheap = _new_result(table, n_train, eval_source or
                                    f"{k}-fold cross-validation (seed {seed}, folds by query_id; pooled out-of-fold)")
     res.n_folds = k
+    res.protocol = protocol
     curves = _baseline_curves(table, best, cheap, points)
     targets = budget_targets(res.reference)
     picks: dict[str, np.ndarray] = {}

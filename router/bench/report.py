@@ -26,9 +26,12 @@ def _cell(metrics: dict, interval: dict | None, key: str) -> str:
 def title(result: dict) -> str:
     ref = result["reference"]
     n_boot = result.get("n_bootstrap") or 0
+    if result.get("protocol") == "task_mixes":
+        spread = f"; mean over mixes [2.5–97.5 percentile over {result['n_task_mixes']} mixes]"
+    else:
+        spread = f"; [95 % query-bootstrap interval, {n_boot} resamples]" if n_boot else ""
     return (f"{result['dataset']}: {result['n_eval_queries']} queries scored, {result['eval_source']}; "
-            f"best single = {ref['best_quality']:.3f} @ ${ref['best_cost']:.6f}"
-            + (f"; [95 % query-bootstrap interval, {n_boot} resamples]" if n_boot else ""))
+            f"best single = {ref['best_quality']:.3f} @ ${ref['best_cost']:.6f}" + spread)
 
 
 def metric_rows(result: dict) -> list[list[str]]:
@@ -84,6 +87,20 @@ def _table(header: list[str], rows: list[list[str]], bold: str | None = None) ->
     return "\n".join(lines)
 
 
+SHIFT_KEYS = ("q_at_25pct_cost", "cost_95pct", "cost_parity", "auc")
+PROTOCOL_LABELS = {"cv": "folds by query", "leave_tasks_out": "leave tasks out", "task_mixes": "re-weighted mixes"}
+
+
+def shift_rows(results: dict[str, dict], dataset: str) -> tuple[list[str], list[list[str]]]:
+    """One row per router: the headline metrics under each protocol run for `dataset` (the keys
+    `dataset`, `dataset/leave_tasks_out`, `dataset/task_mixes` of a `bench routing` JSON)."""
+    blocks = [(r.get("protocol", "cv"), r) for k, r in results.items() if k == dataset or k.startswith(dataset + "/")]
+    header = ["router"] + [f"{METRIC_LABELS[k]} {PROTOCOL_LABELS[p]}" for p, _ in blocks for k in SHIFT_KEYS]
+    names = [n for n in blocks[0][1]["metrics"] if n not in ("best_single", "cheapest", "oracle")]
+    rows = [[n] + [fmt(r["metrics"].get(n, {}).get(k)) for _, r in blocks for k in SHIFT_KEYS] for n in names]
+    return header, rows
+
+
 def markdown(results: dict[str, dict]) -> str:
     """Every dataset of a `bench routing` JSON as Markdown: title, metrics, paired differences, budget."""
     parts = []
@@ -96,7 +113,11 @@ def markdown(results: dict[str, dict]) -> str:
             parts.append(f"Paired difference {default} − baseline (95 % interval; P = share of resamples where "
                          f"{default} is better; for costs, lower is better):\n")
             parts.append(_table(["vs", *HEADERS], paired) + "\n")
-        line = budget_line(result)
+        line = budget_line(result) if result.get("protocol", "cv") == "cv" else ""
         if line:
             parts.append(line + "\n")
+    for dataset in [k for k in results if "/" not in k and f"{k}/leave_tasks_out" in results]:
+        header, rows = shift_rows(results, dataset)
+        parts.append(f"#### {dataset}: the same routers in distribution and under shift\n")
+        parts.append(_table(header, rows, bold=results[dataset].get("paired_default", "switchyard")) + "\n")
     return "\n".join(parts)
