@@ -19,6 +19,11 @@ MODEL_ID = "all-MiniLM-L6-v2"
 DIM = 384
 HEAD_CHARS = 200
 TAIL_CHARS = 800
+# Padded tokens one encoder call may hold: a sub-batch (texts sorted by length) grows while its
+# size × its longest text's tokens stays within this, so a few long prompts do not make every
+# short one in their batch pay for their padding. MiniLM reads at most MAX_TOKENS word pieces.
+TOKEN_BUDGET = 2048
+MAX_TOKENS = 256
 
 _encoder = None
 _encoder_lock = threading.Lock()
@@ -104,6 +109,29 @@ def cache_for(cache_dir: Path | str | None) -> EmbeddingCache:
     return _caches[path]
 
 
+def token_counts(encoder, texts: Sequence[str]) -> np.ndarray:
+    """Word pieces the encoder will read per text (with its two special tokens, capped)."""
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if tokenizer is None:  # an encoder without a tokenizer: characters / 4 is close for English
+        return np.minimum(np.array([len(t) // 4 + 2 for t in texts]), MAX_TOKENS)
+    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    return np.minimum(np.array([len(i) for i in ids]), MAX_TOKENS)
+
+
+def token_batches(tokens: np.ndarray, max_size: int, budget: int) -> list[np.ndarray]:
+    """Indices sorted by length, cut into batches of at most `max_size` whose size × longest
+    length stays within `budget` (a single text always makes a batch)."""
+    order = np.argsort(tokens, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and end - start < max_size and tokens[order[end]] * (end - start + 1) <= budget:
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
 def embed(
     texts: Sequence[str],
     encoder=None,
@@ -111,8 +139,10 @@ def embed(
     cache_dir: Path | str | None = None,
     use_cache: bool = True,
     progress=None,
+    token_budget: int = TOKEN_BUDGET,
 ) -> np.ndarray:
-    """L2-normalised float32 embeddings (len(texts), 384); cached by content hash.
+    """L2-normalised float32 embeddings (len(texts), 384); cached by content hash. Texts are
+    encoded in sub-batches of similar length (`token_batches`), at most `batch_size` each.
 
     `progress`, if given, is called with the number of texts encoded after each batch.
     """
@@ -133,14 +163,11 @@ def embed(
         encoder = encoder or load_encoder()
         todo_keys = list(missing)
         todo_texts = [embedding_text(texts[missing[k][0]]) for k in todo_keys]
-        # sort by length so batches pad little
-        order = np.argsort([len(t) for t in todo_texts])
         new = np.zeros((len(todo_keys), DIM), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in token_batches(token_counts(encoder, todo_texts), batch_size, token_budget):
             vecs = encoder.encode(
                 [todo_texts[j] for j in idx],
-                batch_size=batch_size,
+                batch_size=len(idx),
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=False,

@@ -1,7 +1,9 @@
-"""`switchyard bench pipeline`: what batching buys in the router and sink stages.
+"""`switchyard bench pipeline`: the router and sink stages against their own limits.
 
 Both stages' processors run in-process on real parts (MiniLM + the default router; chDB), at
-two batch sizes side by side in one run, and the ratios are written as JSON. No Kafka in the
+two batch sizes side by side in one run, beside their limits measured in the same run: the raw
+encoder over the same texts sorted by length at its best batch size, and one direct bulk insert
+of the same rows with clickhouse-connect. Ratios are written as JSON (`ratios`). No Kafka in the
 loop: this measures the stages' own ceilings, not the broker.
 """
 from __future__ import annotations
@@ -48,11 +50,38 @@ def _rate(fn, records: list[RawRecord], batch: int) -> float:
     return len(records) / (time.perf_counter() - started)
 
 
+ENCODER_BATCHES = (16, 32, 64)
+
+
+def _encoder_rate(encoder, texts: list[str], batch: int) -> float:
+    """The raw encoder's ceiling: every text at once, sorted by length, at one batch size."""
+    ordered = sorted(texts, key=len)
+    started = time.perf_counter()
+    encoder.encode(ordered, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True,
+                   show_progress_bar=False)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def _padded_tokens(encoder, texts: list[str], micro_batch: int) -> dict[str, int]:
+    """Word pieces the encoder processes for the stage's micro-batches: the real ones, with every
+    micro-batch padded to its longest text, and with the token-budgeted sub-batches of `embed`."""
+    import numpy as np
+
+    from router.embeddings import TOKEN_BUDGET, token_batches, token_counts
+
+    tokens = token_counts(encoder, texts)
+    chunks = [np.arange(i, min(i + micro_batch, len(texts))) for i in range(0, len(texts), micro_batch)]
+    budgeted = sum(len(b) * int(tokens[c][b].max()) for c in chunks
+                   for b in token_batches(tokens[c], micro_batch, TOKEN_BUDGET))
+    return {"real": int(tokens.sum()), "padded_per_micro_batch": sum(len(c) * int(tokens[c].max()) for c in chunks),
+            "budgeted": budgeted}
+
+
 def run(requests: int = 256, sink_rows: int = 2000) -> dict:
     from infra.clickhouse import apply_schema, connect
     from router.artifact import load_default
-    from router.embeddings import embed, load_encoder
-    from streams.routing import RouterProcessor
+    from router.embeddings import embed, embedding_text, load_encoder
+    from streams.routing import RouterProcessor, parse_query
     from streams.sink import ClickHouseWriter, to_rows
 
     encoder = load_encoder()
@@ -69,11 +98,24 @@ def run(requests: int = 256, sink_rows: int = 2000) -> dict:
         results = _result_records(sink_rows)
         sink_rates = {b: _rate(lambda rs: writer.write([to_rows(r) for r in rs]), results, b)
                       for b in (10, 500)}
+        texts = [embedding_text(parse_query(q.value, q.headers).body.last_user_text()) for q in queries]
+        encoder_rates = {b: _encoder_rate(encoder, texts, b) for b in ENCODER_BATCHES}
+        rows = [to_rows(r) for r in results]  # the same rows, built beforehand: the insert alone
+        columns = list(rows[0].values)
+        started = time.perf_counter()
+        client.insert("results", [[r.values[c] for c in columns] for r in rows], column_names=columns)
+        bulk_rate = sink_rows / (time.perf_counter() - started)
         client.close()
+    best_encoder = max(encoder_rates.values())
     return {
         "router_stage_queries_per_s": {f"batch_{b}": round(v, 1) for b, v in router_rates.items()},
         "router_batching_speedup": round(router_rates[32] / router_rates[1], 2),
         "sink_rows_per_s": {f"batch_{b}": round(v, 1) for b, v in sink_rates.items()},
         "sink_batching_speedup": round(sink_rates[500] / sink_rates[10], 2),
+        "encoder_sentences_per_s": {f"sorted_batch_{b}": round(v, 1) for b, v in encoder_rates.items()},
+        "bulk_insert_rows_per_s": round(bulk_rate, 1),
+        "ratios": {"router_vs_encoder": round(router_rates[32] / best_encoder, 3),
+                   "sink_vs_bulk_insert": round(sink_rates[500] / bulk_rate, 3)},
+        "encoder_tokens": _padded_tokens(encoder, texts, 32),
         "requests": requests, "sink_rows": sink_rows,
     }

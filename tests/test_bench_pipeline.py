@@ -69,9 +69,12 @@ def test_bench_pipeline_measures_every_input_at_both_batch_sizes(monkeypatch):
     figures = bench.run(requests=REQUESTS, sink_rows=SINK_ROWS)
 
     assert figures["requests"] == REQUESTS and figures["sink_rows"] == SINK_ROWS
-    assert len(readings) == 8  # start and end of each of the four timed runs, nothing else
+    # start and end of each timed run, nothing else: router ×2, sink ×2, the encoder at each batch
+    # size, the bulk insert
+    assert len(readings) == 2 * (4 + len(bench.ENCODER_BATCHES) + 1)
     starts, ends = readings[0::2], readings[1::2]
-    rates = [n / (end - start) for n, start, end in zip((REQUESTS, REQUESTS, SINK_ROWS, SINK_ROWS), starts, ends)]
+    counts = (REQUESTS, REQUESTS, SINK_ROWS, SINK_ROWS, *[REQUESTS] * len(bench.ENCODER_BATCHES), SINK_ROWS)
+    rates = [n / (end - start) for n, start, end in zip(counts, starts, ends)]
 
     # Router stage: after the warm-up, every query once per batch size, in order, in batches of that size.
     ids = [f"bench-{i}" for i in range(REQUESTS)]
@@ -97,7 +100,16 @@ def test_bench_pipeline_measures_every_input_at_both_batch_sizes(monkeypatch):
         assert {row.table for row in rows} == {"results"}
         assert sorted(row.values["request_id"] for row in rows) == sorted(f"bench:{i}" for i in range(SINK_ROWS))
     assert len(written) == len(_batches(SINK_ROWS, 10)) + len(_batches(SINK_ROWS, 500))
-    assert stored == {"results": (SINK_ROWS, SINK_ROWS), "dead_letters": (0,)}
+    assert stored == {"results": (SINK_ROWS, SINK_ROWS), "dead_letters": (0,)}  # the bulk insert: the same ids
+
+    # Limits: the encoder over the same texts at each batch size, the bulk insert; the ratios to them.
+    encoder = dict(zip(bench.ENCODER_BATCHES, rates[4:-1]))
+    assert figures["encoder_sentences_per_s"] == {f"sorted_batch_{b}": round(r, 1) for b, r in encoder.items()}
+    assert figures["bulk_insert_rows_per_s"] == round(rates[-1], 1)
+    assert figures["ratios"] == {"router_vs_encoder": round(rates[1] / max(encoder.values()), 3),
+                                 "sink_vs_bulk_insert": round(rates[3] / rates[-1], 3)}
+    tokens = figures["encoder_tokens"]  # word pieces: budgeted sub-batches pad less than whole micro-batches
+    assert tokens["real"] <= tokens["budgeted"] < tokens["padded_per_micro_batch"], tokens
 
     # The figures are those counts over those intervals, and the speedups their ratios.
     assert figures["router_stage_queries_per_s"] == {"batch_1": round(rates[0], 1), "batch_32": round(rates[1], 1)}
