@@ -11,8 +11,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from switchyard.console import progress as progress_lines
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -66,10 +67,9 @@ def _embed_with_progress(texts: list[str], label: str, cache_dir: Optional[Path]
 
     cache = cache_for(cache_dir)
     todo = len({k for k, v in zip(map(content_key, texts), cache.get([content_key(t) for t in texts])) if v is None})
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=todo == 0,
-    ) as progress:
+    if todo == 0:
+        return embed(texts, cache_dir=cache_dir)
+    with progress_lines(console, transient=True) as progress:
         task = progress.add_task(f"embedding {label}", total=todo)
         return embed(texts, cache_dir=cache_dir, progress=lambda n: progress.advance(task, n))
 
@@ -334,8 +334,7 @@ def bench_routing(
             n_steps = len(names) * (folds if (folds > 1 and not is_test.any()) else 1)
             if shift:
                 n_steps += len(names) * min(folds, n_tasks)
-            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=console, transient=True) as progress:
+            with progress_lines(console, transient=True) as progress:
                 task = progress.add_task(f"{name}", total=n_steps)
 
                 def step(msg, task=task):

@@ -28,9 +28,68 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def progress() -> Progress:
+class PlainProgress:
+    """What a progress bar becomes when its console is not a terminal (a log file, CI, a pipe):
+    one plain line per tenth of a task's total, per description change and at the end, instead of
+    a bar redrawn in place. The subset of rich's Progress the CLI uses."""
+
+    def __init__(self, target: Console, steps: int = 10):
+        self.target, self.steps = target, steps
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def add_task(self, description: str, total: float | None = None, **_) -> int:
+        task_id = len(self.tasks)
+        self.tasks[task_id] = {"description": description, "total": total, "completed": 0, "said": -1, "done": False}
+        self._say(task_id, force=True)
+        return task_id
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def update(self, task_id: int, *, completed: float | None = None, advance: float | None = None,
+               description: str | None = None, **_) -> None:
+        task = self.tasks[task_id]
+        changed = description is not None and description != task["description"]
+        if description is not None:
+            task["description"] = description
+        if completed is not None:
+            task["completed"] = completed
+        if advance:
+            task["completed"] += advance
+        self._say(task_id, force=changed)
+
+    def stop(self) -> None:
+        for task_id, task in self.tasks.items():
+            if not task["done"]:
+                task["done"] = True
+                self._line(task)
+
+    def _say(self, task_id: int, force: bool = False) -> None:
+        task = self.tasks[task_id]
+        total = task["total"]
+        step = int(task["completed"] * self.steps // total) if total else 0
+        if force or step > task["said"]:
+            task["said"] = step
+            self._line(task)
+
+    def _line(self, task: dict) -> None:
+        total = f"/{task['total']:g}" if task["total"] else ""
+        self.target.print(f"{task['description']}: {task['completed']:g}{total}", highlight=False, soft_wrap=True)
+
+
+def progress(target: Console | None = None, transient: bool = False) -> Progress | PlainProgress:
+    """A progress bar on `target` (default: stderr), or plain lines when it is not a terminal."""
+    target = target or console
+    if not target.is_terminal:
+        return PlainProgress(target)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console)
+                    TimeElapsedColumn(), console=target, transient=transient)
 
 
 def kafka_for_cli(settings: Settings) -> KafkaSettings:
