@@ -26,6 +26,7 @@ from router.policy import (
     setting_for_alpha,
     setting_for_cost,
 )
+from router.irt import PooledQuality
 from router.quality import ClusterQuality, KnnQuality, QualityModel
 from router.registry import assign_tiers
 from router.stacking import StackedQuality, out_of_fold
@@ -220,6 +221,7 @@ ROUTER_KINDS: dict[str, tuple[Callable[[], QualityModel], str]] = {
     "switchyard": (StackedQuality, UTILITY),
     "knn": (lambda: KnnQuality(k=20), NORMALIZED),
     "cluster": (lambda: ClusterQuality(n_clusters=60, top_k=3), NORMALIZED),
+    "pooled": (PooledQuality, UTILITY),  # for tables with missing cells (several datasets)
 }
 
 

@@ -93,23 +93,31 @@ def fit(
     out: Path = typer.Option(..., "--out", help="Directory to write the router artifact to."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Use only rows of this dataset."),
     prices: Optional[Path] = typer.Option(None, "--prices", help="Prices file for rows without cost_usd."),
-    kind: str = typer.Option("switchyard", "--kind", help="Router kind (switchyard, knn, cluster, sw_ranking, mf, classifier)."),
+    kind: Optional[str] = typer.Option(
+        None, "--kind", help="Router kind (switchyard, knn, cluster, sw_ranking, mf, classifier, pooled); default: "
+        "switchyard on one dataset, pooled on several."),
     embed_cache: Optional[Path] = typer.Option(None, "--embed-cache", help="Embedding cache directory."),
 ):
-    """Fit a router on the rows whose split is train and save it as an artifact."""
+    """Fit a router on the rows whose split is train and save it as an artifact. Several datasets
+    (and no --dataset): the pooled router over the union of their models, missing cells allowed."""
     with clear_errors():
+        import numpy as np
+
         from router.artifact import save_router
         from router.data import build_table, load_rows
         from router.learned import ROUTER_KINDS, fit_router
 
-        if kind not in ROUTER_KINDS:
+        if kind is not None and kind not in ROUTER_KINDS:
             raise InputError(f"unknown --kind {kind!r}; choose one of {', '.join(ROUTER_KINDS)}")
         t0 = time.perf_counter()
         rows = load_rows(_paths(data), dataset)
         datasets = sorted({str(r.get("dataset")) for r in rows})
-        if len(datasets) > 1 and dataset is None:
-            raise InputError(f"data holds several datasets ({', '.join(datasets)}); pick one with --dataset")
-        table = build_table(rows, _prices(prices), splits=["train"])
+        several = len(datasets) > 1 and dataset is None
+        kind = kind or ("pooled" if several else "switchyard")
+        if several and kind != "pooled":
+            raise InputError(f"data holds several datasets ({', '.join(datasets)}); pick one with --dataset, "
+                             f"or fit --kind pooled on all of them")
+        table = build_table(rows, _prices(prices), splits=["train"], complete=kind != "pooled")
         emb = _embed_with_progress(table.texts, f"{len(table)} queries", embed_cache)
         t1 = time.perf_counter()
         with console.status(f"fitting {kind} router on {len(table)} queries × {len(table.models)} models"):
@@ -126,7 +134,8 @@ def fit(
         )
         tiers = Table("model", "tier", "train quality", "train mean cost $")
         for j, m in enumerate(table.models):
-            tiers.add_row(m, router.tiers[m], f"{table.scores[:, j].mean():.3f}", f"{table.costs[:, j].mean():.6f}")
+            tiers.add_row(m, router.tiers[m], f"{np.nanmean(table.scores[:, j]):.3f}",
+                          f"{np.nanmean(table.costs[:, j]):.6f}")
         console.print(tiers)
 
 
@@ -388,3 +397,67 @@ def bench_routing(
             markdown_out.parent.mkdir(parents=True, exist_ok=True)
             markdown_out.write_text(markdown(results))
             console.print(f"wrote {markdown_out}")
+
+
+# ----------------------------------------------------------------------------- bench transfer
+
+
+@bench_app.command("transfer")
+def bench_transfer(
+    data: str = typer.Option(..., "--data", help="Routing data files, comma-separated (two or more datasets)."),
+    json_out: Path = typer.Option(..., "--json", help="Write the per-case readings and aggregates here."),
+    prices: Optional[Path] = typer.Option(None, "--prices", help="Prices file for rows without cost_usd."),
+    routers: str = typer.Option("pooled,switchyard,knn", "--routers", help="pooled (on the union) and kinds fitted "
+                                "on the pair's own dataset without the task."),
+    pairs: int = typer.Option(3, "--pairs", min=1, max=3, help="(strong, weak) pairs per dataset."),
+    hide: str = typer.Option("pair", "--hide", help="pair: hide the evaluated models' rows on the task; dataset: "
+                             "hide every model of the dataset on it."),
+    folds: int = typer.Option(2, "--folds", min=1, help="Query folds of the task for the pooled router "
+                              "(hide=pair; 1 = all its queries held out at once)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated)."),
+    sweep: int = typer.Option(41, "--sweep", min=2, help="Operating points per curve."),
+    seed: int = typer.Option(0, "--seed"),
+    embed_cache: Optional[Path] = typer.Option(None, "--embed-cache"),
+):
+    """Route between a strong and a weak model on a task they were never seen on (their rows on it
+    hidden), and read the share of strong calls needed to reach 95 % of the strong model's quality,
+    beside random routing (router/bench/transfer.py)."""
+    with clear_errors():
+        from router.bench.transfer import HIDE_MODES, transfer_bench
+        from router.learned import ROUTER_KINDS
+
+        names = [r.strip() for r in routers.split(",") if r.strip()]
+        bad = [r for r in names if r not in ROUTER_KINDS]
+        if bad or not names:
+            raise InputError(f"unknown router(s) {', '.join(bad) or '(none)'}; choose from {', '.join(ROUTER_KINDS)}")
+        if hide not in HIDE_MODES:
+            raise InputError(f"--hide must be one of {', '.join(HIDE_MODES)}, not {hide!r}")
+        t0 = time.perf_counter()
+        tables = _tables_by_dataset(_paths(data), None, _prices(prices))
+        tables = {name: t.with_split("train") for name, t in tables.items()}
+        if len(tables) < 2 and "pooled" in names:
+            raise InputError("the pooled router transfers from another dataset: give at least two datasets")
+        embs = {name: _embed_with_progress(t.texts, f"{name} ({len(t)} queries)", embed_cache)
+                for name, t in tables.items()}
+        only = {t.strip() for t in tasks.split(",")} if tasks else None
+        with console.status("transfer bench") as status:
+            res = transfer_bench(tables, embs, routers=names, n_pairs=pairs, points=sweep, hide=hide, folds=folds,
+                                 tasks={n: only for n in tables} if only else None, seed=seed,
+                                 on_step=lambda msg: status.update(f"transfer bench: {msg}"))
+        res["elapsed_s"] = round(time.perf_counter() - t0, 1)
+        cols = names + ["random"]
+        table = Table("dataset", "task", "strong", "weak", "S", "W", *cols,
+                      title=f"share of strong calls to reach {res['protocol']['fraction']:.0%} of the strong model's "
+                            f"quality (hide={hide}; lower is better)")
+        for c in res["cases"]:
+            table.add_row(c["dataset"], c["task"], c["strong"], c["weak"], f"{c['strong_quality']:.3f}",
+                          f"{c['weak_quality']:.3f}", *(f"{100 * c['share_to_95'][r]:.0f}%" for r in cols))
+        wide = Console(width=260)
+        wide.print(table)
+        for scope, agg in [*res["by_dataset"].items(), ("overall", res["overall"])]:
+            parts = [f"{r} {100 * agg[r]['mean_share']:.1f}% (wins vs random {agg[r]['wins_vs_random']})"
+                     for r in cols if agg[r]["mean_share"] is not None]
+            wide.print(f"{scope}: {agg['n_nontrivial']} non-trivial of {agg['n_cases']} cases; mean share: {'; '.join(parts)}")
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res, indent=1))
+        console.print(f"wrote {json_out} ({res['elapsed_s']}s)")
