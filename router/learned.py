@@ -183,6 +183,26 @@ class LearnedRouter:
             )
         return out
 
+    def sweep_picks(self, pred: Prediction, points: int, mask: np.ndarray | None = None
+                    ) -> list[tuple[float, np.ndarray]]:
+        """(knob, picks) at `points` knob values. A calibrated router uses its calibrated knob. An
+        uncalibrated utility router (the pooled one: its table has no realised cost of every model
+        to calibrate on) spreads the points evenly over this batch's own predicted mean cost, from
+        its cheapest picks to its best-quality ones: its uncalibrated λ ladder bunches the switch
+        between two allowed models into a few points, which leaves most of the curve to straight
+        lines between distant points."""
+        n = len(pred.quality)
+        if self.calibration is not None or self.policy != UTILITY or n < 2 or points < 2:
+            return [(a, self.choose_setting(pred, s, mask)) for a, s in self.sweep_settings(points)]
+        rows = np.arange(n)
+        cheapest, best = (self.choose_setting(pred, lam, mask) for lam in (float("inf"), 0.0))
+        lo, hi = float(pred.cost[rows, cheapest].mean()), float(pred.cost[rows, best].mean())
+        out = []
+        for a in np.linspace(0.0, 1.0, points):
+            lam = budget_lambda(pred.quality, pred.cost, lo + float(a) * (hi - lo), mask)
+            out.append((float(a), self.choose_setting(pred, lam, mask)))
+        return out
+
     def sweep_settings(self, points: int) -> list[tuple[float, float]]:
         """(alpha, setting) for `points` knob values from cheapest (α=0) to best (α=1)."""
         alphas = np.linspace(0.0, 1.0, points) if points > 1 else np.array([1.0])

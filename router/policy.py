@@ -139,7 +139,7 @@ def budget_lambda(
         return 0.0
     if spend(float("inf")) >= budget:
         return float("inf")
-    scale = float(np.median(np.where(mask, cost, np.nan) if mask is not None else cost))
+    scale = float(np.nanmedian(np.where(mask, cost, np.nan)) if mask is not None else np.median(cost))
     lo, hi = np.log(1e-6 / scale), np.log(1e6 / scale)  # spend(e^lo) > budget ≥ spend(e^hi)
     if spend(float(np.exp(hi))) > budget:
         return float("inf")

@@ -230,8 +230,7 @@ def route(
         mask = router.model_mask(Knobs(allowed_models=allowed)) if allowed else None
         out.parent.mkdir(parents=True, exist_ok=True)
         if budgets is None:
-            points = [(round(alpha, 6), router.choose_setting(pred, setting, mask))
-                      for alpha, setting in router.sweep_settings(sweep)]
+            points = [(round(alpha, 6), picks) for alpha, picks in router.sweep_picks(pred, sweep, mask)]
         else:
             points = [(b, router.choose(pred, Knobs(budget_usd=b, allowed_models=allowed))) for b in budgets]
             rows = np.arange(len(ids))

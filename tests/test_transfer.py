@@ -142,3 +142,39 @@ def test_router_fit_on_two_datasets_then_route_any_pair(tmp_path):
     # one dataset, default kind: unchanged (the switchyard stack, complete table)
     r = run("router", "fit", "--data", a, "--out", tmp_path / "one", "--kind", "knn")
     assert r.exit_code == 0, r.output
+
+
+def test_a_budget_with_allowed_models_is_met_on_the_batch():
+    """budget_lambda with a model mask: masked cells must not poison its λ scale (they did: the
+    median over NaN cells is NaN, and every interior budget came back as λ = ∞, all cheapest)."""
+    from router.policy import budget_lambda, lagrangian_choice
+
+    rng = np.random.default_rng(0)
+    quality, cost = rng.random((200, 4)), rng.uniform(1e-4, 1e-3, (200, 4))
+    mask = np.array([True, False, True, False])
+    cheap = cost[np.arange(200), lagrangian_choice(quality, cost, float("inf"), mask)].mean()
+    best = cost[np.arange(200), lagrangian_choice(quality, cost, 0.0, mask)].mean()
+    target = (cheap + best) / 2
+    lam = budget_lambda(quality, cost, target, mask)
+    spend = cost[np.arange(200), lagrangian_choice(quality, cost, lam, mask)].mean()
+    assert np.isfinite(lam) and spend <= target and spend > cheap + 0.8 * (target - cheap)
+
+
+def test_an_uncalibrated_sweep_spreads_its_points_over_the_batch_spend(two_datasets):
+    """The pooled router has no calibration: its sweep's points split the batch's predicted spend
+    evenly, so the share of strong calls between an allowed pair climbs in even steps instead of
+    jumping from none to all within a few points."""
+    from router.base import Knobs
+
+    tables, embs, _ = two_datasets
+    union, _ = union_tables(tables)
+    emb = np.vstack(list(embs.values()))
+    router = fit_router("pooled", union, emb)
+    assert router.calibration is None
+    pair = ("a-strong", "b-weak")  # one model of each dataset
+    pred = router.predict(union.texts, emb)
+    mask = router.model_mask(Knobs(allowed_models=pair))
+    strong = max(pair, key=lambda m: pred.cost[:, router.models.index(m)].mean())
+    shares = [float((picks == router.models.index(strong)).mean()) for _, picks in router.sweep_picks(pred, 21, mask)]
+    assert shares[0] == 0.0 and shares[-1] == 1.0
+    assert np.all(np.diff(shares) >= 0) and max(np.diff(shares)) < 0.15, shares

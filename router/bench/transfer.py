@@ -3,7 +3,7 @@
 For each dataset, a few (strong, weak) pairs of its models (strong = its best mean quality, weak
 = cheaper ones) and each of its tasks: the pairs' rows on that task are hidden, the routers are
 fitted on the rest and route that task's queries between strong and weak along a knob sweep
-(`LearnedRouter.sweep_settings` + `choose_setting` masked to the pair, as `router route
+(`LearnedRouter.sweep_picks` masked to the pair, as `router route
 --sweep --allowed-models` does). The reading is the share of strong-model calls needed to reach
 95 % of the strong model's quality on the task, on the curve's Pareto frontier (share, quality)
 interpolated linearly as `metrics.cost_to_reach` does; a curve that never gets there reads 100 %
@@ -102,8 +102,8 @@ def pair_curve(router: LearnedRouter, texts: Sequence[str], emb: np.ndarray, pai
     mask = router.model_mask(Knobs(allowed_models=pair))
     strong = router.models.index(pair[0])
     shares, quals = [], []
-    for _, setting in router.sweep_settings(points):
-        is_strong = router.choose_setting(pred, setting, mask) == strong
+    for _, picks in router.sweep_picks(pred, points, mask):
+        is_strong = picks == strong
         shares.append(float(is_strong.mean()))
         quals.append(float(np.where(is_strong, truth[:, 0], truth[:, 1]).mean()))
     return shares, quals
@@ -202,8 +202,8 @@ def _pooled_curves(union: RoutingTable, emb: np.ndarray, rows: np.ndarray, hidde
         for c, calls in zip(cases, strong_calls):
             mask = router.model_mask(Knobs(allowed_models=(c.strong, c.weak)))
             s = router.models.index(c.strong)
-            for p, (_, setting) in enumerate(router.sweep_settings(points)):
-                calls[p, fold_of == k] = router.choose_setting(pred, setting, mask) == s
+            for p, (_, picks) in enumerate(router.sweep_picks(pred, points, mask)):
+                calls[p, fold_of == k] = picks == s
     out = []
     for c, calls in zip(cases, strong_calls):
         quals = np.where(calls, c.truth[:, 0], c.truth[:, 1]).mean(axis=1)
