@@ -12,6 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from clickhouse_connect.driver.exceptions import OperationalError
+
 from infra.auth import Keyring
 from infra.clickhouse import apply_analytics, apply_schema, connect
 from infra.topics import DECISIONS, DLQ, FEEDBACK, QUERIES, RESULTS, ROUTER_MODELS, Topics
@@ -139,7 +141,8 @@ class ClickHouseWriter:
     def write(self, rows: list[Row]) -> list[Row]:
         """Insert rows per table. A batch the server refuses is retried row by row, and each row
         it still refuses becomes a dead-letter row instead (a poison row must not wedge the sink).
-        Returns the rows that were dead-lettered."""
+        Returns the rows that were dead-lettered. ClickHouse unreachable (OperationalError: the
+        network, not a refusal) is raised at once, so the batch is replayed rather than dead-lettered."""
         by_table: dict[str, list[Row]] = defaultdict(list)
         for row in rows:
             by_table[row.table].append(row)
@@ -147,12 +150,16 @@ class ClickHouseWriter:
         for table, table_rows in by_table.items():
             try:
                 self._insert(table, table_rows)
+            except OperationalError:
+                raise
             except Exception:
                 if table == "dead_letters":
                     raise  # nowhere left to put them: stop (and replay) rather than lose them
                 for row in table_rows:
                     try:
                         self._insert(table, [row])
+                    except OperationalError:
+                        raise
                     except Exception as exc:
                         if row.origin is None:
                             raise

@@ -8,6 +8,10 @@ from switchyard.warehouse import Warehouse, WarehouseError
 
 
 def open_warehouse(settings: Settings) -> Warehouse:
+    if settings.clickhouse.dsn is None and not (settings.data_dir / "clickhouse").exists():
+        # no stack ever stored anything here: say so, rather than query an empty engine (a traceback)
+        fail(f"no running stack and nothing stored in {settings.data_dir}: start one with `switchyard up`, "
+             f"or set SWITCHYARD_DATA_DIR to a stack's data dir")
     try:
         return Warehouse.open(settings)
     except WarehouseError as exc:

@@ -17,7 +17,7 @@ from switchyard.access import open_warehouse, require_own_job
 from switchyard.cli_learning import experiment_app, feedback, retrain_command
 from switchyard.cli_ops import chaos_command, dlq_app, replay_command
 from switchyard.cli_router import bench_app, router_app
-from switchyard.console import console, fail, kafka_for_cli, out, outcomes_table, submit_job
+from switchyard.console import console, fail, kafka_for_cli, out, outcomes_table, quiet_kafka_logs, submit_job
 from switchyard.settings import Settings, get_settings
 
 app = typer.Typer(help="Switchyard: route batch LLM requests to the cheapest model that answers well.",
@@ -175,13 +175,19 @@ def keys_revoke(name: str = typer.Option(..., "--tenant")) -> None:
 @app.command()
 def init() -> None:
     """Create the topics and ClickHouse tables on an existing Kafka and ClickHouse (production)."""
+    from aiokafka.errors import KafkaError
+
     from infra.broker import create_topics_sync
     from infra.clickhouse import apply_analytics, apply_schema, connect
     from switchyard.live_router import training_mixes
     from workers.tiers import price_table
 
     settings = _settings()
-    create_topics_sync(settings.kafka.bootstrap, settings.kafka.topic_prefix)
+    quiet_kafka_logs()  # the error below says it once
+    try:
+        create_topics_sync(settings.kafka.bootstrap, settings.kafka.topic_prefix)
+    except KafkaError as exc:
+        fail(f"cannot create the topics on Kafka at {settings.kafka.bootstrap}: {exc}")
     client = connect(settings.clickhouse_dsn)
     try:
         apply_schema(client)
@@ -249,6 +255,10 @@ def submit(
     if outcome is not None and outcome.broker_lost:
         summary["broker_lost"] = True
         console.print(f"[red]{escape(broker_lost_line(sub, outcome, out_file))}[/]", soft_wrap=True)
+    if outcome is not None and outcome.timed_out:
+        console.print(f"[red]timed out[/] after {timeout:g}s waiting for job {sub.job_id}: "
+                      f"{len(outcome.results)} of {len(sub.expected)} answered; "
+                      f"the rest may still come (`switchyard status {sub.job_id}`)", soft_wrap=True)
     if as_json:
         out.print_json(json.dumps(summary))
     else:

@@ -33,7 +33,7 @@ def read_references(path: Path) -> dict[str, Reference]:
             row = json.loads(line)
             refs[row["custom_id"]] = Reference(row["custom_id"], row["metric"], row["ground_truth"],
                                                row.get("choices"), row.get("query"))
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:  # TypeError: a line that is not an object
             raise ValueError(f"{path}:{number}: not a reference line ({exc})") from None
     return refs
 

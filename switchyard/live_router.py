@@ -19,8 +19,14 @@ def load_router(settings: Settings):
     """The configured artifact, else the shipped default artifact, else the heuristic."""
     from router.artifact import ArtifactError, load_default, load_router as load_dir
 
-    if settings.router.artifact_dir is not None:
-        return load_dir(settings.router.artifact_dir)  # configured: a broken one must fail loudly
+    if settings.router.artifact_dir is not None:  # configured: a broken one must fail loudly
+        try:
+            return load_dir(settings.router.artifact_dir)
+        except ArtifactError:
+            raise
+        except Exception as exc:  # a corrupt arrays.npz or a router.json missing a field: say where
+            raise ArtifactError(f"configured router artifact {settings.router.artifact_dir} cannot be "
+                                f"loaded: {type(exc).__name__}: {exc}") from exc
     try:
         return load_default()
     except (ArtifactError, FileNotFoundError) as exc:

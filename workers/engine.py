@@ -31,7 +31,8 @@ class EngineError(RuntimeError):
 
     @property
     def retryable(self) -> bool:
-        return self.status >= 500
+        # 429: rate limited (a remote endpoint's "retry later"), not a fault of the request
+        return self.status >= 500 or self.status == 429
 
     def __reduce__(self):  # survive pickling across Ray processes with its fields
         return (_rebuild_engine_error, (str(self), self.status, self.type, self.details))
