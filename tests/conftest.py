@@ -52,3 +52,18 @@ def run_job(settings: Settings, lines: list[bytes], job_id: str, timeout: float 
     outcome = asyncio.run(wait_for(settings.kafka, sub, timeout))
     assert not outcome.timed_out, f"job {job_id} timed out: {len(outcome.results)}/{len(sub.expected)}"
     return sub, outcome
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """Pids of the processes (other than this one) whose environment mentions `marker`: a test
+    puts a unique marker in a stack's environment to find every process of it."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids

@@ -10,25 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import request_line
+from tests.conftest import processes_with_env, request_line
 
 
 def _cli(*args, env, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "switchyard.cli", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def _processes_mentioning(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker.encode() in (entry / "environ").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def _port_open(address: str) -> bool:
@@ -96,7 +83,7 @@ def test_up_submit_status_results_and_ctrl_c(tmp_path):
 
         # A stage that crashes is restarted by `up`, and the next job is answered.
         ready = data_dir / "run" / "worker-small.ready"
-        victims = [p for p in _processes_mentioning(str(tmp_path))
+        victims = [p for p in processes_with_env(str(tmp_path))
                    if b"--tier\x00small" in Path(f"/proc/{p}/cmdline").read_bytes()]
         assert len(victims) == 1
         before = ready.read_text(), ready.stat().st_mtime_ns
@@ -125,7 +112,7 @@ def test_up_submit_status_results_and_ctrl_c(tmp_path):
     assert f"OpenAI-compatible API at {info['api_url']}" in printed.replace("\n", ""), printed
     assert not _port_open(info["bootstrap"]) and not _port_open(info["query_url"].removeprefix("http://"))
     time.sleep(1)
-    assert _processes_mentioning(str(tmp_path)) == [], "Ctrl-C left stage processes behind"
+    assert processes_with_env(str(tmp_path)) == [], "Ctrl-C left stage processes behind"
 
     # The stack is down: results come from the ClickHouse directory itself.
     res = _cli("results", "cli-job", "--json", env=env)

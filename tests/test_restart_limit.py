@@ -14,14 +14,13 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from switchyard.stack import MAX_RESTARTS, Stack, StackError
 from switchyard.stack import Stage as StackStage
 
-from tests.conftest import lean_settings
+from tests.conftest import lean_settings, processes_with_env
 
 
 def _check_until_it_gives_up(stack: Stack, timeout: float = 60) -> None:
@@ -50,19 +49,6 @@ def test_a_stage_that_keeps_crashing_stops_the_supervisor_naming_it(tmp_path):
     # it was really run MAX_RESTARTS + 1 times before the supervisor gave up
     log = (settings.data_dir / "logs" / "worker-nope.log").read_text()
     assert log.count("unknown tier 'nope'") == MAX_RESTARTS + 1
-
-
-def _processes_with(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker.encode() in (entry / "environ").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def test_up_stops_the_stack_when_a_worker_keeps_crashing_on_a_poison_message(tmp_path):
@@ -103,7 +89,7 @@ def test_up_stops_the_stack_when_a_worker_keeps_crashing_on_a_poison_message(tmp
     log = (data_dir / "logs" / "worker-small.log").read_text()
     assert log.count("DlqLimitExceeded") >= MAX_RESTARTS + 1  # it crashed on the poison each time
     deadline = time.monotonic() + 30
-    while _processes_with(str(tmp_path)) and time.monotonic() < deadline:
+    while processes_with_env(str(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _processes_with(str(tmp_path)) == []  # the stack stopped: nothing of it is left
+    assert processes_with_env(str(tmp_path)) == []  # the stack stopped: nothing of it is left
     assert not (data_dir / "stack.json").exists()
