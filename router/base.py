@@ -43,6 +43,7 @@ class RouteChoice:
     predicted_quality: float
     predicted_cost_usd: float
     scores: dict[str, float] = field(default_factory=dict)
+    tier_costs: dict[str, float] = field(default_factory=dict)  # cheapest predicted cost per tier
 
 
 class Router(Protocol):

@@ -27,7 +27,7 @@ from router.policy import (
     setting_for_cost,
 )
 from router.irt import PooledQuality
-from router.quality import ClusterQuality, KnnQuality, QualityModel
+from router.quality import ClusterQuality, FormatKnnQuality, KnnQuality, QualityModel
 from router.registry import assign_tiers
 from router.stacking import StackedQuality, out_of_fold
 
@@ -168,6 +168,7 @@ class LearnedRouter:
             rows = np.asarray(idx)
             picks[rows] = self.choose(pred, k, rows)
         out = []
+        tier_cols = {t: [j for j, m in enumerate(self.models) if self.tiers[m] == t] for t in TIERS}
         for i, j in enumerate(picks):
             model = self.models[j]
             tier = knobs[i].pinned_tier or self.tiers[model]
@@ -179,6 +180,7 @@ class LearnedRouter:
                     predicted_quality=float(pred.quality[i, j]),
                     predicted_cost_usd=float(pred.cost[i, j]),
                     scores={m: round(float(q), 4) for m, q in zip(self.models, pred.quality[i])},
+                    tier_costs={t: float(pred.cost[i, cols].min()) for t, cols in tier_cols.items() if cols},
                 )
             )
         return out
@@ -210,20 +212,27 @@ class LearnedRouter:
 
 
 def choose_default_alpha(router: LearnedRouter, quality_share: float) -> float:
-    """The cheapest calibrated operating point whose out-of-fold quality reaches `quality_share`
-    of the best out-of-fold quality any operating point reaches, as an α (the knob requests
-    without one get)."""
+    """The smallest α (on a grid of 0.01) whose operating point keeps `quality_share` of the best
+    out-of-fold quality any operating point reaches: the knob requests without one get.
+
+    Searched through the same α → λ mapping requests use rather than inverted from a cost: when
+    tiers differ in price by less than their answers differ in length, the cheapest good operating
+    point can cost less than routing everything to the cheapest tier, and inverting that cost gave
+    α = 0, which routes everything to the cheapest tier."""
     cal = router.calibration
     if cal is None or router.policy != UTILITY:
         raise ValueError("choosing a default operating point needs a calibrated utility router")
-    target = quality_share * float(cal.mean_quality.max())
-    ok = np.flatnonzero(cal.mean_quality >= target)
-    cost = float(cal.mean_cost[ok].min()) if len(ok) else float(cal.mean_cost[np.argmax(cal.mean_quality)])
     mono = cal.monotone_cost(rising=False)
-    lo, hi = max(mono[-1], 1e-12), max(mono[0], 1e-12)
-    if cost_is_flat(lo, hi):
+    if cost_is_flat(max(mono[-1], 1e-12), max(mono[0], 1e-12)):
         return 1.0  # no operating point is cheaper than another: spend nothing on cost
-    return float(np.clip((np.log(max(cost, lo)) - np.log(lo)) / (np.log(hi) - np.log(lo)), 0.0, 1.0))
+    target = quality_share * float(cal.mean_quality.max())
+    last = len(cal.settings) - 1
+    for alpha in np.linspace(0.0, 1.0, 101):
+        lam = setting_for_alpha(cal, UTILITY, float(alpha))
+        i = min(int(np.searchsorted(cal.settings, lam, side="left")), last)
+        if cal.mean_quality[i] >= target:
+            return float(round(alpha, 2))
+    return 1.0
 
 
 def _uncalibrated_lambda(alpha: float, cost_model: CostModel) -> float:
@@ -240,6 +249,7 @@ def _uncalibrated_lambda(alpha: float, cost_model: CostModel) -> float:
 ROUTER_KINDS: dict[str, tuple[Callable[[], QualityModel], str]] = {
     "switchyard": (StackedQuality, UTILITY),
     "knn": (lambda: KnnQuality(k=20), NORMALIZED),
+    "format_knn": (FormatKnnQuality, UTILITY),  # the local models' outcomes (router.outcomes)
     "cluster": (lambda: ClusterQuality(n_clusters=60, top_k=3), NORMALIZED),
     "pooled": (PooledQuality, UTILITY),  # for tables with missing cells (several datasets)
 }
@@ -322,6 +332,20 @@ def mix_drift(live: Sequence[float], training: Sequence[float]) -> float:
     p, q = np.zeros(n), np.zeros(n)
     p[: len(live)], q[: len(training)] = live, training
     return float(1.0 - np.minimum(p, q).sum())
+
+
+def held_out_calibration(kind: str, table: RoutingTable, embeddings: np.ndarray, n_folds: int = 5,
+                         seed: int = 1) -> Calibration:
+    """The λ sweep's realised mean cost and quality when every row is predicted by a model of
+    `kind` fitted without it (the whole fit, a stack's inner folds included), for comparing
+    kinds on equal terms. Utility kinds only."""
+    make, policy = ROUTER_KINDS[kind]
+    if policy != UTILITY:
+        raise ValueError(f"router kind {kind!r} is not a utility router")
+    emb = np.asarray(embeddings, dtype=np.float32)
+    feats = text_features(table.texts)
+    oof_q = out_of_fold(make, emb, feats, table.scores, table.costs, n_folds, seed)
+    return calibrate(UTILITY, oof_q, _oof_costs(table, emb, feats, n_folds, seed), table.scores, table.costs)
 
 
 def _oof_costs(table: RoutingTable, emb: np.ndarray, feats: np.ndarray, n_folds: int, seed: int) -> np.ndarray:

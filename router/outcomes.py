@@ -6,7 +6,8 @@ policy with a known propensity (1 for the policy's own pick without exploration,
 exploration). Two corrections follow from it:
 
 - *fitting*: a query's unobserved tiers are imputed by a per-tier kNN over the queries where
-  that tier was observed, each neighbour weighted by similarity × 1 / propensity (inverse
+  that tier was observed (similarity over the embedding and the prompt's form, as
+  `router.quality.FormatKnnQuality` sees it), each neighbour weighted by similarity × 1 / propensity (inverse
   propensity weighting), shrunk toward the tier's IPW mean; observed cells keep their outcome.
   The completed table is fitted with the same code as offline data (`fit_router`).
 - *evaluation*: a router's value on held-back rows is the self-normalised IPS estimate
@@ -25,6 +26,8 @@ import numpy as np
 
 from router.base import TIERS, Tier
 from router.data import RoutingTable
+from router.features import text_features
+from router.quality import FORMAT_WEIGHT, Standardizer, format_vectors
 
 NEIGHBOURS = 10
 PRIOR_STRENGTH = 2.0  # pseudo-observations of the tier mean in each imputed cell
@@ -94,6 +97,8 @@ def outcome_table(outcomes: Sequence[Outcome], embeddings: np.ndarray, columns: 
         scores = np.where(observed, s_sum / w_sum, np.nan)
         costs = np.where(observed, c_sum / w_sum, np.nan)
     q_emb = np.vstack(rows_emb)
+    feats = text_features(texts)
+    near = format_vectors(q_emb, feats, Standardizer.fit(feats), FORMAT_WEIGHT)  # form as well as topic
     for j in range(m):
         obs = np.flatnonzero(observed[:, j])
         todo = np.flatnonzero(~observed[:, j])
@@ -102,7 +107,7 @@ def outcome_table(outcomes: Sequence[Outcome], embeddings: np.ndarray, columns: 
         weight = w_sum[obs, j]
         prior_s = float(np.average(scores[obs, j], weights=weight))
         prior_c = float(np.average(costs[obs, j], weights=weight))
-        sim = q_emb[todo] @ q_emb[obs].T  # cosine: the embeddings are L2-normalised
+        sim = near[todo] @ near[obs].T  # cosine: unit vectors
         k = min(NEIGHBOURS, len(obs))
         nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
         for r, (row, cols) in enumerate(zip(todo, nearest)):
@@ -200,13 +205,45 @@ def gate(candidate: Estimate, current: Estimate, current_curve: Sequence[tuple[f
 DEFAULT_QUALITY_SHARE = 0.95
 
 
-def fit_on_outcomes(table: RoutingTable, embeddings: np.ndarray, tiers: dict[str, Tier],
-                    quality_share: float = DEFAULT_QUALITY_SHARE, kind: str = "switchyard"):
-    """The same fit as `switchyard router fit`, over the served tiers; the default operating point
-    is the cheapest one that keeps `quality_share` of the best quality it reaches out of fold."""
-    from router.learned import choose_default_alpha, fit_router
+OUTCOME_KINDS = ("format_knn", "switchyard")  # simplest first
+SELECTION_SEEDS = (1, 2, 3)
+AUTO = "auto"
 
-    router = fit_router(kind, table, embeddings, tiers=tiers)
+
+def curve_score(cal, lo: float, hi: float, points: int = 21) -> float:
+    """Mean, over budgets log-spaced from `lo` to `hi` USD/request, of the best quality a
+    calibration's operating points reach within the budget (0 where none fits): the area under
+    its quality/cost curve, read like the bench reads curves."""
+    budgets = np.geomspace(max(lo, 1e-12), max(hi, lo * (1 + 1e-9), 1e-12), points)
+    best = [float(cal.mean_quality[cal.mean_cost <= b * (1 + 1e-9)].max(initial=0.0)) for b in budgets]
+    return float(np.mean(best))
+
+
+def fit_on_outcomes(table: RoutingTable, embeddings: np.ndarray, tiers: dict[str, Tier],
+                    quality_share: float = DEFAULT_QUALITY_SHARE, kind: str = AUTO):
+    """The same fit as `switchyard router fit`, over the served tiers; the default operating point
+    is the cheapest one that keeps `quality_share` of the best quality it reaches out of fold.
+
+    kind "auto" fits the simplest of OUTCOME_KINDS unless a more complex one has the higher
+    held-out quality/cost curve (`curve_score` of `held_out_calibration`, each kind's whole fit
+    redone without the fold) under every one of SELECTION_SEEDS fold splits: on a router's own
+    traffic (tens to hundreds of rows) the stack and a kNN that sees the prompt's form are level
+    within the noise, and the kNN sends fewer of the questions no tier answers to a bigger one."""
+    from router.learned import choose_default_alpha, fit_router, held_out_calibration
+
+    if kind == AUTO:
+        mean_cost = np.nanmean(table.costs, axis=0)
+        lo, hi = float(np.nanmin(mean_cost)), float(np.nanmax(mean_cost))
+        scores = np.array([[curve_score(held_out_calibration(k, table, embeddings, seed=seed), lo, hi)
+                            for seed in SELECTION_SEEDS] for k in OUTCOME_KINDS])
+        kind = OUTCOME_KINDS[0]
+        for i in range(1, len(OUTCOME_KINDS)):
+            if (scores[i] > scores[OUTCOME_KINDS.index(kind)]).all():
+                kind = OUTCOME_KINDS[i]
+        router = fit_router(kind, table, embeddings, tiers=tiers)
+        router.meta["kind_selection"] = {k: [round(float(x), 4) for x in row] for k, row in zip(OUTCOME_KINDS, scores)}
+    else:
+        router = fit_router(kind, table, embeddings, tiers=tiers)
     router.meta["default_alpha"] = choose_default_alpha(router, quality_share)
     router.meta["default_quality_share"] = quality_share
     return router

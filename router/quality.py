@@ -470,8 +470,71 @@ class NearDuplicateQuality(QualityModel):
         )
 
 
+def format_vectors(emb: np.ndarray, feats: np.ndarray, std: Standardizer, weight: float) -> np.ndarray:
+    """Unit vectors over the embedding and the standardised text features (weight `weight` in all,
+    spread over the features), for similarity that sees a prompt's form as well as its topic."""
+    z = std(feats) * (weight / np.sqrt(feats.shape[1]))
+    x = np.hstack([emb, z])
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+FORMAT_WEIGHT = 2.0
+
+
+@dataclass
+class FormatKnnQuality(KnnQuality):
+    """kNN whose similarity sees the prompt's form (length, code and math markers, options, ...)
+    beside its topic. MiniLM puts a short open trivia question next to a multiple-choice one on
+    the same subject; on the local models' outcomes that made every short question look like the
+    tasks a bigger model wins (docs/learning.md, "Which tasks go up"). k = 10, weight 2 were
+    chosen by 5-fold CV on those outcomes.
+
+    Its semantic cluster (what a decision records and the drift report compares) is the nearest
+    k-means centre over the embedding alone: clusters name topics for analysts, so the form
+    features stay out of them."""
+
+    kind: ClassVar[str] = "format_knn"
+    k: int = 10
+    weighted: bool = True
+    weight: float = FORMAT_WEIGHT
+    n_clusters: int = 40
+    std: Standardizer | None = None
+    centers: np.ndarray | None = None
+
+    def fit(self, emb, feats, scores, costs):
+        from sklearn.cluster import KMeans
+
+        self.std = Standardizer.fit(feats)
+        k = max(1, min(self.n_clusters, len(emb) // 10))
+        self.centers = KMeans(n_clusters=k, n_init=1, random_state=0).fit(emb).cluster_centers_.astype(np.float32)
+        return super().fit(format_vectors(emb, feats, self.std, self.weight), feats, scores, costs)
+
+    def predict(self, emb, feats):
+        pred = super().predict(format_vectors(emb, feats, self.std, self.weight), feats)
+        if self.centers is not None:
+            d = -2 * emb @ self.centers.T + (self.centers**2).sum(axis=1)[None, :]
+            pred.cluster = d.argmin(axis=1)
+        return pred
+
+    def state(self):
+        params, arrays = super().state()
+        params.update(weight=self.weight, n_clusters=self.n_clusters)
+        arrays = {**arrays, "feat_mean": self.std.mean, "feat_scale": self.std.scale}
+        if self.centers is not None:
+            arrays["centers"] = self.centers
+        return params, arrays
+
+    @classmethod
+    def from_state(cls, params, arrays):
+        return cls(k=params["k"], weighted=params.get("weighted", True), weight=params["weight"],
+                   n_clusters=params.get("n_clusters", 40),
+                   train_emb=arrays["train_emb"], train_scores=arrays["train_scores"].astype(np.float32),
+                   std=Standardizer(arrays["feat_mean"], arrays["feat_scale"]),
+                   centers=arrays.get("centers"))
+
+
 ESTIMATORS: dict[str, type[QualityModel]] = {
     cls.kind: cls
-    for cls in (KnnQuality, SimilarityWeightedQuality, ClusterQuality, ClassifierQuality, MatrixFactorizationQuality,
+    for cls in (KnnQuality, FormatKnnQuality, SimilarityWeightedQuality, ClusterQuality, ClassifierQuality, MatrixFactorizationQuality,
                 NearDuplicateQuality)
 }

@@ -12,7 +12,7 @@ import numpy as np
 
 from infra.topics import Topics
 from router.base import Knobs, Router, RoutingError
-from router.explore import explore
+from router.explore import affordable_tiers, explore
 from schemas import QueryRequest, RoutingDecision, WorkItem, encode
 from schemas.common import HEADER_JOB_ID, HEADER_TENANT, utcnow
 from schemas.validation import MAX_MESSAGE_BYTES, InvalidMessage, parse_query
@@ -88,7 +88,8 @@ class RouterProcessor:
                 continue
             explored, propensity = False, 1.0
             if explorable(knobs[i]):
-                pick = explore(req.request_id, choice.tier, self.explore_rate)
+                tiers = affordable_tiers(choice.tier_costs, knobs[i].budget_usd, choice.tier)
+                pick = explore(req.request_id, choice.tier, self.explore_rate, tiers)
                 explored, propensity = pick.explored, pick.propensity
                 if pick.tier != choice.tier:
                     choice = router.route([texts[i]], embeddings[i : i + 1],

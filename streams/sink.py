@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+import orjson
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from infra.auth import Keyring
@@ -71,7 +72,7 @@ def _result_row(r: Result) -> Row:
     return Row("results", dict(
         request_id=r.request_id, job_id=r.job_id, tenant=r.tenant, custom_id=r.custom_id,
         tier=r.tier, model=r.model, status=r.status,
-        response=json.dumps(r.response) if r.response else "", answer=r.answer_text(),
+        response=orjson.dumps(r.response).decode() if r.response else "", answer=r.answer_text(),
         error=r.error or "", prompt_tokens=r.usage.prompt_tokens,
         completion_tokens=r.usage.completion_tokens, cost_usd=r.cost_usd,
         model_latency_ms=r.model_latency_ms, end_to_end_ms=r.end_to_end_ms,

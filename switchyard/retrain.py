@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from router.outcomes import (DEFAULT_QUALITY_SHARE, Estimate, GateRules, Outcome, OutcomeError, fit_on_outcomes, gate, judge,
+from router.outcomes import (AUTO, DEFAULT_QUALITY_SHARE, Estimate, GateRules, Outcome, OutcomeError, fit_on_outcomes, gate, judge,
                              merge_tables, outcome_table, tier_models)
 from schemas import ChatCompletionBody, RouterVersion, encode
 from streams.config import KafkaSettings
@@ -81,7 +81,7 @@ class RetrainOptions:
     quality_share: float = DEFAULT_QUALITY_SHARE
     rules: GateRules = field(default_factory=GateRules)
     force: bool = False  # publish whatever the gate says (recorded as such)
-    kind: str = "switchyard"  # the router kind fitted (`switchyard router fit --kind`)
+    kind: str = AUTO  # the router kind fitted: "auto" picks by out-of-fold curve (router.outcomes)
 
 
 def query_text(body: str) -> str:

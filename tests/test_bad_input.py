@@ -42,6 +42,21 @@ def test_deep_nesting_is_refused_with_a_reason_not_a_recursion_error():
         assert info.value.job_id == "job-b"
     parse_query(request_line("q", "hi")[:-1] + b', "x": ' + b"[" * 60 + b"]" * 60 + b"}", JOB)  # shallow enough
 
+def test_the_bracket_count_shortcut_never_lets_a_deep_message_through():
+    """Parsing skips the depth walk when a message has no more brackets than the limit; brackets
+    inside strings only raise the count, so a shallow message full of them is walked and passes,
+    and the limit is exact at its edge (the outer object is level 1)."""
+    from schemas.validation import parse_json_object
+
+    edge = b'{"x": ' + b"[" * 63 + b"]" * 63 + b"}"  # 64 levels
+    assert parse_json_object(edge, max_depth=64)
+    with pytest.raises(InvalidMessage):
+        parse_json_object(b'{"x": ' + b"[" * 64 + b"]" * 64 + b"}", max_depth=64)
+    assert parse_json_object(b'{"x": "' + b"{[" * 500 + b'"}', max_depth=64)
+    assert parse_json_object('{"x": [[1]]}', max_depth=3)  # str input too
+    with pytest.raises(InvalidMessage):
+        parse_json_object('{"x": [[1]]}', max_depth=2)
+
 
 def test_a_message_over_the_limit_is_refused_before_it_is_parsed():
     raw = json.dumps({"custom_id": "q", "body": {"messages": [{"role": "user", "content": "x" * (10 << 20)}]}})

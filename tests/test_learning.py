@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from router.base import TIERS
-from router.explore import explore
+from router.explore import affordable_tiers, explore
 from router.outcomes import (Estimate, GateRules, Outcome, OutcomeError, gate, outcome_table, snips,
                              tier_models)
 from schemas import Feedback, RouterVersion
@@ -34,6 +34,25 @@ def test_no_exploration_at_rate_zero():
     assert {explore(f"j:{i}", "large", 0.0).tier for i in range(500)} == {"large"}
     with pytest.raises(ValueError):
         explore("j:1", "small", 1.5)
+
+
+def test_exploration_under_a_budget_draws_only_tiers_the_budget_pays_for():
+    costs = {"small": 1e-5, "medium": 4e-5, "large": 2e-4}
+    assert affordable_tiers(costs, None, "small") == TIERS
+    assert affordable_tiers(costs, 5e-5, "small") == ("small", "medium")
+    # the policy's own tier stays (the policy answers for the budget), however dear
+    assert affordable_tiers(costs, 5e-6, "large") == ("large",)
+    rate = 0.6
+    picks = [explore(f"job:{i}", "small", rate, ("small", "medium")) for i in range(6000)]
+    assert {p.tier for p in picks} == {"small", "medium"}
+    medium = [p for p in picks if p.tier == "medium"]
+    assert abs(len(medium) / len(picks) - rate / 2) < 0.03
+    assert all(p.propensity == pytest.approx(rate / 2) for p in medium)
+    assert all(p.propensity == pytest.approx(1 - rate / 2) for p in picks if p.tier == "small")
+    # a policy tier outside the drawable set is never drawn by exploration: its propensity is 1 − ε
+    off = [explore(f"j:{i}", "large", rate, ("small", "medium")) for i in range(2000)]
+    assert all(p.propensity == pytest.approx(1 - rate) for p in off if p.tier == "large")
+    assert all(p.explored for p in off if p.tier != "large")
 
 
 def _emb(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
@@ -245,3 +264,44 @@ def test_with_every_tier_at_one_price_the_default_operating_point_follows_qualit
     emb = embed_(queries)
     assert picked_tiers(router, queries, emb) == ["large", "small"]
     assert picked_tiers(router, queries, emb, alpha=0.5) == ["large", "small"]  # α cannot buy savings here
+
+
+def test_the_default_operating_point_keeps_quality_when_the_good_picks_cost_least():
+    """Tiers whose prices differ less than their answers' lengths: the best-quality operating
+    points can cost less than sending everything to the cheapest tier. The default α must still
+    land on a point that keeps the quality (it was 0, which routes everything to the cheapest)."""
+    from types import SimpleNamespace
+
+    from router.learned import choose_default_alpha
+    from router.policy import UTILITY, Calibration, setting_for_alpha
+
+    settings = np.concatenate([[0.0], np.geomspace(1e3, 1e7, 30), [np.inf]])
+    quality = np.where(np.arange(len(settings)) < 20, 0.9, 0.14)
+    cost = np.where(np.arange(len(settings)) < 20, 1.4e-6, 1.5e-6)  # the good picks are the cheap ones
+    cost[0] = 1.6e-6
+    cal = Calibration(settings, cost, quality)
+    alpha = choose_default_alpha(SimpleNamespace(calibration=cal, policy=UTILITY), 0.95)
+    lam = setting_for_alpha(cal, UTILITY, alpha)
+    assert quality[min(np.searchsorted(settings, lam), len(settings) - 1)] >= 0.95 * 0.9
+    assert 0 < alpha < 1
+
+
+def test_the_format_knn_router_names_semantic_clusters_and_keeps_them_through_a_round_trip(tmp_path):
+    from router.artifact import load_router, save_router
+    from router.data import RoutingTable
+    from router.learned import fit_router
+
+    rng = np.random.default_rng(3)
+    texts = [f"question {i} about topic {i % 3}" for i in range(60)]
+    emb = rng.normal(size=(60, 8)).astype(np.float32) + np.eye(8, dtype=np.float32)[np.arange(60) % 3] * 4
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    scores = rng.random((60, 2))
+    costs = np.tile([1e-6, 1e-5], (60, 1))
+    table = RoutingTable("t", [str(i) for i in range(60)], texts, ["a", "b"], scores, costs, ["train"] * 60)
+    router = fit_router("format_knn", table, emb)
+    clusters = router.predict(texts, emb).cluster
+    assert (clusters >= 0).all() and len(set(clusters)) > 1
+    assert router.training_mix and abs(sum(router.training_mix) - 1) < 1e-4
+    save_router(router, tmp_path / "r")
+    again = load_router(tmp_path / "r")
+    assert (again.predict(texts, emb).cluster == clusters).all()

@@ -115,3 +115,25 @@ def test_a_dead_letter_keeps_the_exact_original_bytes(processor):
     letter = decode(DeadLetter, processor.process([_rec(raw, 9)])[0].value)
     assert base64.b64decode(letter.original_base64) == raw
     assert "not utf-8" in letter.original
+
+
+def test_exploration_under_a_tight_budget_never_sends_a_request_to_a_tier_it_cannot_pay_for(settings):
+    """Round 3 of the learning experiment spent 1.5× its budget because exploration drew large for
+    requests budgeted below large's price. With the budget, exploration draws only what fits."""
+    from switchyard.stages import router_processor
+
+    explore_all = settings.model_copy(deep=True)
+    explore_all.router.explore_rate = 1.0
+    proc = router_processor(explore_all)
+    budget = 5e-5  # above medium's predicted cost of these prompts, far below large's
+    lines = [_line(f"q{i}", f"Question {i}: which gas do plants absorb from the air?", routing={"budget_usd": budget})
+             for i in range(40)] + [_line(f"free{i}", f"Question {i}: which gas do plants absorb from the air?")
+                                    for i in range(40)]
+    outputs = proc.process([_rec(line, i) for i, line in enumerate(lines)])
+    decisions = [decode(RoutingDecision, o.value) for o in outputs if o.topic == "decisions"]
+    budgeted = [d for d in decisions if d.custom_id.startswith("q")]
+    free = [d for d in decisions if d.custom_id.startswith("free")]
+    assert len(budgeted) == 40 and len(free) == 40
+    assert all(d.explored or d.propensity < 1 for d in budgeted)
+    assert not any(d.tier == "large" for d in budgeted if d.explored), [d.tier for d in budgeted]
+    assert any(d.tier == "large" for d in free)  # without a budget exploration does reach large
