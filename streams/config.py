@@ -2,7 +2,7 @@
 nests these in its one Settings object; nothing here reads the environment."""
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from infra.topics import Topics
 
@@ -10,6 +10,10 @@ from infra.topics import Topics
 class KafkaSettings(BaseModel):
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = ""
+    # Partitions of the data topics (queries, work.*, decisions, results, feedback) when the stack
+    # or `switchyard init` creates them: the most instances of one stage that can share its work
+    # (a consumer group gives each partition to one member). Topics that already exist keep theirs.
+    partitions: int = Field(default=4, ge=1)
     # Embedded broker: group joins wait half the session timeout, so keep it short.
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1500

@@ -68,6 +68,22 @@ def bench_analytics(requests: int = typer.Option(1_000_000, help="Synthetic requ
     out.print_json(json.dumps(figures))
 
 
+@bench_app.command("cache")
+def bench_cache(entries: int = typer.Option(10_000, help="Answers the tenant's cache holds, all in one scope."),
+                repeat: int = typer.Option(200, help="Lookups timed per path."),
+                model_calls: int = typer.Option(8, help="Small-model calls timed."),
+                max_tokens: int = typer.Option(32, help="Completion tokens per model call."),
+                json_out: Path = typer.Option(Path("bench-cache.json"), "--json")) -> None:
+    """A semantic-cache hit (exact and similar) against a call of the small model, per request,
+    with the ratio (goal: a hit under 5% of a model call); writes JSON."""
+    from switchyard.bench_cache import run
+
+    with console.status("timing cache lookups and the small model…"):
+        figures = run(entries, repeat, model_calls, max_tokens)
+    json_out.write_text(json.dumps(figures, indent=2))
+    out.print_json(json.dumps(figures))
+
+
 def _settings(all_tiers_small: bool | None = None, engine: str | None = None) -> Settings:
     settings = get_settings()
     if all_tiers_small is not None:
@@ -185,7 +201,7 @@ def init() -> None:
     settings = _settings()
     quiet_kafka_logs()  # the error below says it once
     try:
-        create_topics_sync(settings.kafka.bootstrap, settings.kafka.topic_prefix)
+        create_topics_sync(settings.kafka.bootstrap, settings.kafka.topic_prefix, settings.kafka.partitions)
     except KafkaError as exc:
         fail(f"cannot create the topics on Kafka at {settings.kafka.bootstrap}: {exc}")
     client = connect(settings.clickhouse_dsn)

@@ -144,7 +144,7 @@ class Stack:
         self.reaper = subprocess.Popen(reaper_command(self.stack_id), start_new_session=True,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.broker, bootstrap = start_broker(log_path=logs / "broker.log", preexec_fn=die_with_parent())
-        create_topics_sync(bootstrap, s.kafka.topic_prefix)
+        create_topics_sync(bootstrap, s.kafka.topic_prefix, s.kafka.partitions)
         s.kafka = s.kafka.model_copy(update={"bootstrap": bootstrap})
         frozen = s.data_dir / "settings.json"
         frozen.write_text(s.model_dump_json(indent=2))
