@@ -89,6 +89,8 @@ class RoutingPolicy(BaseModel):
     quality_floor: float | None = Field(default=None, ge=0, le=1)
     allowed_models: list[str] | None = None
     pinned_tier: Tier | None = None
+    cache: bool | None = Field(default=None, description="false: neither answered from nor stored in the "
+                               "semantic cache; None: the stack's setting")
 
 
 class BatchRequestLine(_Message):
@@ -186,6 +188,19 @@ class Result(_RequestRef):
                                 description="what was not done as asked (a capped max_tokens, another model)")
     fallback_from: list[Tier] = Field(default_factory=list,
                                       description="tiers whose model failed it before `tier` answered")
+    # Answered by the semantic cache (docs/cache.md): `tier`, `model` and `router_version` are the
+    # source answer's; no tokens, no cost.
+    cache_hit: bool = False
+    cache_source_request_id: str | None = Field(default=None, description="the request whose answer this is")
+    cache_similarity: float | None = Field(default=None, ge=-1, le=1,
+                                           description="cosine of the two queries' embeddings (1 for an exact hit)")
+    cache_match: Literal["exact", "similar"] | None = None
+
+    @model_validator(mode="after")
+    def _hit_has_source(self) -> Result:
+        if self.cache_hit and not (self.cache_source_request_id and self.cache_match):
+            raise ValueError("a cache hit names its source request and how it matched")
+        return self
 
     def answer_text(self) -> str:
         if not self.response:

@@ -10,7 +10,10 @@ The names are the contract with infra/grafana/switchyard.json:
   next offset this stage will consume, after each batch;
 - switchyard_model_tokens_total{tier,kind}: prompt / completion tokens the tier's model handled
   (rate() of it is tokens/s);
-- switchyard_breaker_open{tier}: 1 while the tier's circuit breaker is open.
+- switchyard_breaker_open{tier}: 1 while the tier's circuit breaker is open;
+- switchyard_cache_lookups_total{outcome}: the router's semantic cache per request: exact,
+  similar (hits), miss, bypass (not cacheable: opted out, temperature > 0, n > 1);
+- switchyard_cache_entries: answers the router's semantic cache holds (all tenants).
 
 The endpoint takes the operator's bearer token (Prometheus: `authorization: credentials_file`),
 like every other endpoint of the stack.
@@ -33,6 +36,8 @@ CONSUMER_LAG = Gauge("switchyard_consumer_lag", "High-water mark minus the next 
                      ["stage", "topic", "partition"])
 MODEL_TOKENS = Counter("switchyard_model_tokens_total", "Tokens the tier's model handled", ["tier", "kind"])
 BREAKER_OPEN = Gauge("switchyard_breaker_open", "1 while the tier's circuit breaker is open", ["tier"])
+CACHE_LOOKUPS = Counter("switchyard_cache_lookups_total", "Semantic cache lookups by outcome", ["outcome"])
+CACHE_ENTRIES = Gauge("switchyard_cache_entries", "Answers the semantic cache holds, all tenants")
 
 
 def observe_lag(stage: str, highwater: Callable[[object], int | None], next_offsets: dict) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable, Sequence
 
 import faust
 
@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 
 def build_app(kafka: KafkaSettings, processor: RouterProcessor, *, batch_size: int,
               max_wait_seconds: float, data_dir: Path, dlq_limit: DlqLimitSettings = DlqLimitSettings(),
-              on_ready: Callable[[], None] | None = None) -> faust.App:
+              on_ready: Callable[[], None] | None = None,
+              tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> faust.App:
+    """`tasks`: more background coroutines of the router process, started with the app (the
+    semantic cache's results follower and refill, `streams.cache_follower`)."""
     topics = kafka.topics
     app = faust.App(
         topics.group("switchyard-router"),
@@ -70,6 +73,9 @@ def build_app(kafka: KafkaSettings, processor: RouterProcessor, *, batch_size: i
             await follower.follow()
         finally:
             await follower.stop()
+
+    for task in tasks:
+        app.task(task)
 
     @app.agent(queries)
     async def route(stream):

@@ -16,6 +16,7 @@ from router.explore import affordable_tiers, explore
 from schemas import QueryRequest, RoutingDecision, WorkItem, encode
 from schemas.common import HEADER_JOB_ID, HEADER_TENANT, utcnow
 from schemas.validation import MAX_MESSAGE_BYTES, InvalidMessage, parse_query
+from streams.cache import SemanticCache
 from streams.limits import TenantGate
 from streams.records import Output, RawRecord, dead_letter
 
@@ -41,8 +42,10 @@ def explorable(knobs: Knobs) -> bool:
 
 class RouterProcessor:
     def __init__(self, router: Router, embed: EmbedFn, served_models: dict[str, str],
-                 topics: Topics = Topics(), explore_rate: float = 0.0, limits: TenantGate | None = None):
+                 topics: Topics = Topics(), explore_rate: float = 0.0, limits: TenantGate | None = None,
+                 cache: SemanticCache | None = None):
         self.router = router
+        self.cache = cache  # the semantic cache (streams.cache); None: off
         self.limits = limits  # per-tenant rate limits and token budgets; None: unlimited
         self.embed = embed
         self.served_models = served_models  # tier -> the model that serves it
@@ -67,6 +70,12 @@ class RouterProcessor:
             return outputs
         texts = [req.body.last_user_text() for _, req in valid]
         embeddings = self.embed(texts)
+        if self.cache is not None:  # hits are answered here: no routing, no decision, no limits
+            hits, keep = self.cache.answer(valid, embeddings)
+            outputs += hits
+            if not keep:
+                return outputs
+            valid, texts, embeddings = [valid[i] for i in keep], [texts[i] for i in keep], embeddings[keep]
         knobs = [knobs_for(req) for _, req in valid]
         try:
             choices = router.route(texts, embeddings, knobs)

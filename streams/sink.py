@@ -77,7 +77,9 @@ def _result_row(r: Result) -> Row:
         completion_tokens=r.usage.completion_tokens, cost_usd=r.cost_usd,
         model_latency_ms=r.model_latency_ms, end_to_end_ms=r.end_to_end_ms,
         router_version=r.router_version, submitted_at=r.submitted_at, finished_at=r.finished_at,
-        warnings=r.warnings, fallback_from=r.fallback_from))
+        warnings=r.warnings, fallback_from=r.fallback_from, cache_hit=r.cache_hit,
+        cache_source_request_id=r.cache_source_request_id or "", cache_similarity=r.cache_similarity or 0.0,
+        cache_match=r.cache_match or ""))
 
 
 def _feedback_row(f: Feedback) -> Row:

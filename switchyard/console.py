@@ -151,6 +151,10 @@ def submit_job(kafka: KafkaSettings, file: Path, job_id: str | None, tenant: str
     if outcome is not None:
         for line in warning_summary(outcome.results.values()):
             console.print(f"[yellow]warning:[/] {escape(line)}")
+        hits = Counter(r.cache_match for r in outcome.results.values() if r.cache_hit)
+        if hits:
+            console.print(f"{_answers(sum(hits.values()))} answered from the semantic cache "
+                          f"({hits['exact']} exact, {hits['similar']} similar)")
     return sub, outcome
 
 
@@ -191,7 +195,7 @@ def _ms(quantiles) -> str:
 
 
 def report_table(rows: list[dict], by: str) -> Table:
-    table = Table(by, "requests", "errors", "graded", "quality", "cost USD", "at large USD", "saved",
+    table = Table(by, "requests", "errors", "cache hits", "graded", "quality", "cost USD", "at large USD", "saved",
                   "e2e ms p50/p90/p99")
     for r in rows:
         quality = "-" if r["quality"] is None else f"{r['quality']:.2f}"
@@ -199,7 +203,9 @@ def report_table(rows: list[dict], by: str) -> Table:
         saved = "-" if not at_large else f"{1 - r['cost_usd'] / at_large:.0%}"
         name = r.get("label") or (r.get("representative") or "")[:40]
         key = str(r[by]) + (f" {escape(name)}" if name else "")
-        table.add_row(key, str(r["requests"]), str(r["errors"]), str(r["graded"]), quality,
+        hits = r.get("cache_hits") or 0
+        cached = f"{hits} ({hits / r['requests']:.0%})" if hits and r["requests"] else str(hits)
+        table.add_row(key, str(r["requests"]), str(r["errors"]), cached, str(r["graded"]), quality,
                       f"{r['cost_usd']:.6f}", f"{at_large:.6f}", saved, _ms(r["end_to_end_ms_p50_p90_p99"]))
     return table
 

@@ -8,12 +8,13 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.cache import CacheSettings
 from streams.config import DlqLimitSettings, KafkaSettings
 from streams.limits import TenantLimitSettings
 from workers.config import TierModel, WorkerSettings
 
 __all__ = ["Settings", "get_settings", "KafkaSettings", "DlqLimitSettings", "TierModel", "WorkerSettings",
-           "ClickHouseSettings", "RouterSettings", "RetrainSettings", "DlqLimits", "ApiSettings"]
+           "ClickHouseSettings", "RouterSettings", "RetrainSettings", "DlqLimits", "ApiSettings", "CacheSettings"]
 
 
 class ClickHouseSettings(BaseModel):
@@ -93,6 +94,9 @@ class Settings(BaseSettings):
     # SWITCHYARD_TENANT_LIMITS__TENANTS='{"acme": {"requests": "20/second", "completion_tokens": "50000/hour"}}'
     tenant_limits: TenantLimitSettings = Field(default_factory=TenantLimitSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    # The router's semantic cache (docs/cache.md): SWITCHYARD_CACHE__ENABLED=true,
+    # SWITCHYARD_CACHE__SIMILARITY_THRESHOLD=0.95, SWITCHYARD_CACHE__TTL_S=86400, ...
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @property
     def secrets_dir(self) -> Path:

@@ -29,7 +29,38 @@ def router_processor(settings: Settings):
     return RouterProcessor(
         router, lambda texts: embed(texts, encoder=encoder, batch_size=batch_size, use_cache=False),
         served_models(settings.workers), settings.kafka.topics, settings.router.explore_rate,
-        limits=tenant_gate(settings))
+        limits=tenant_gate(settings), cache=semantic_cache(settings))
+
+
+def semantic_cache(settings: Settings):
+    """The router's semantic cache (docs/cache.md), or None when it is off."""
+    from streams.cache import SemanticCache
+
+    if not settings.cache.enabled:
+        return None
+    return SemanticCache(settings.cache, settings.kafka.topics)
+
+
+def cache_tasks(settings: Settings, processor) -> list:
+    """The router process's cache tasks: follow `results` (how the cache learns answers) and,
+    once, refill from ClickHouse's stored answers. [] when the cache is off."""
+    from streams.cache_follower import ResultFollower
+
+    cache = processor.cache
+    if cache is None:
+        return []
+    tasks = [ResultFollower(settings.kafka, cache).follow]
+    if settings.cache.refill_on_start:
+        from switchyard.cache_refill import refill
+
+        async def refill_once() -> None:
+            try:
+                await asyncio.to_thread(refill, settings, cache, processor.embed)
+            except Exception:  # a refill is an optimisation: it never stops the router
+                log.exception("semantic cache refill failed")
+
+        tasks.append(refill_once)
+    return tasks
 
 
 def tenant_gate(settings: Settings):
@@ -49,7 +80,8 @@ def run_router(settings: Settings, ready: Ready) -> None:
              processor.router.version)
     run(build_app(settings.kafka, processor, batch_size=settings.router.embed_batch_size,
                   max_wait_seconds=settings.router.embed_max_wait_seconds, data_dir=settings.data_dir,
-                  dlq_limit=settings.dlq_limits.router, on_ready=lambda: ready(processor.router.version)))
+                  dlq_limit=settings.dlq_limits.router, on_ready=lambda: ready(processor.router.version),
+                  tasks=cache_tasks(settings, processor)))
 
 
 def run_sink(settings: Settings, ready: Ready) -> None:

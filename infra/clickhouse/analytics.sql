@@ -48,6 +48,7 @@ SELECT
     countIf(r.status = 'error') AS errors,
     countIf(notEmpty(r.fallback_from)) AS fallbacks,
     countIf(ifNull(d.explored, false)) AS explored,
+    countIf(r.cache_hit) AS cache_hits,
     sum(r.prompt_tokens) AS prompt_tokens,
     sum(r.completion_tokens) AS completion_tokens,
     sum(r.cost_usd) AS cost_usd,

@@ -33,6 +33,7 @@ SELECT
     (SELECT count() FROM decisions FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS routed,
     (SELECT count() FROM results FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS answered,
     (SELECT countIf(status = 'error') FROM results FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS errors,
+    (SELECT countIf(cache_hit) FROM results FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS cached,
     (SELECT count() FROM dead_letters FINAL WHERE job_id = {{job:String}} AND {SCOPE}) AS dead_letters
 """
 
@@ -107,6 +108,7 @@ def _outcomes_grouped(by: str) -> str:
     return f"""
 SELECT {OUTCOMES_BY[by]} AS {by}, sum(requests) AS requests, sum(errors) AS errors,
        sum(fallbacks) AS fallbacks, sum(explored) AS explored,
+       sum(cache_hits) AS cache_hits, if(sum(requests) = 0, 0, sum(cache_hits) / sum(requests)) AS cache_hit_rate,
        sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
        sum(graded) AS graded, if(sum(graded) = 0, NULL, sum(score_sum) / sum(graded)) AS quality,
        sum(cost_usd) AS cost_usd, sum(cost_at_large_usd) AS cost_at_large_usd,
@@ -161,7 +163,7 @@ ORDER BY first_decided_at DESC, job_id LIMIT 50
 
 
 QUESTIONS: dict[str, Question] = {q.name: q for q in (
-    Question("job_status", "counts of a job's requests, decisions, results, errors and dead letters",
+    Question("job_status", "counts of a job's requests, decisions, results, errors, cache hits and dead letters",
              JOB_STATUS, params=("job",)),
     Question("job_results", "a job's answers, one row per request", JOB_RESULTS, params=("job",)),
     Question("job_dead_letters", "a job's dead letters with their reasons", JOB_DEAD_LETTERS,

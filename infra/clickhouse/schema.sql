@@ -67,6 +67,12 @@ ORDER BY (job_id, request_id);
 ALTER TABLE results ADD COLUMN IF NOT EXISTS warnings Array(String) DEFAULT [];
 -- The tiers whose model failed a request before `tier` answered it (the breaker's fallback chain).
 ALTER TABLE results ADD COLUMN IF NOT EXISTS fallback_from Array(LowCardinality(String)) DEFAULT [];
+-- Answered by the semantic cache (docs/cache.md): the request whose answer it is, the cosine of
+-- the two queries (1 for an exact hit) and how it matched ('exact' or 'similar'); '' / 0 otherwise.
+ALTER TABLE results ADD COLUMN IF NOT EXISTS cache_hit Bool DEFAULT false;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS cache_source_request_id String DEFAULT '';
+ALTER TABLE results ADD COLUMN IF NOT EXISTS cache_similarity Float64 DEFAULT 0;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS cache_match LowCardinality(String) DEFAULT '';
 
 CREATE TABLE IF NOT EXISTS feedback (
     request_id String,
@@ -115,7 +121,8 @@ ALTER TABLE router_versions ADD COLUMN IF NOT EXISTS training_mix Array(Float64)
 -- propensity, version), the result (served model, cost, latency), the request (its body, for
 -- the query text) and the request's feedback (mean score over sources).
 -- OR REPLACE: a changed definition reaches existing data dirs. Answers a fallback tier gave (a
--- breaker was open) are left out: the tier that answered is not the one the log's propensity is for.
+-- breaker was open) are left out: the tier that answered is not the one the log's propensity is for;
+-- so are answers from the semantic cache (no model ran for that request).
 CREATE OR REPLACE VIEW training_outcomes AS
 SELECT
     d.request_id AS request_id, d.job_id AS job_id, d.tenant AS tenant, d.custom_id AS custom_id, q.body AS body,
@@ -125,7 +132,7 @@ SELECT
     d.router_version AS router_version, d.cluster AS cluster, d.explored AS explored,
     d.propensity AS propensity, f.feedback_at AS feedback_at
 FROM (SELECT * FROM decisions FINAL) AS d
-INNER JOIN (SELECT * FROM results FINAL WHERE empty(fallback_from)) AS r ON r.request_id = d.request_id
+INNER JOIN (SELECT * FROM results FINAL WHERE empty(fallback_from) AND NOT cache_hit) AS r ON r.request_id = d.request_id
 INNER JOIN (SELECT request_id, body FROM requests FINAL) AS q ON q.request_id = d.request_id
 INNER JOIN (
     SELECT request_id, avg(score) AS score, groupUniqArray(source) AS sources, max(created_at) AS feedback_at
