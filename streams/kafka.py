@@ -68,7 +68,7 @@ def refused_letter(out: Output, exc: BaseException, dlq: DeadLetterTo) -> Output
     if origin is None:  # nothing upstream to point at: the output is the original
         origin = RawRecord(out.value, out.topic, -1, -1, out.key)
     letter = letter_for(dlq.stage, reason, origin, out.job_id)
-    return Output(dlq.topic, out.key, encode(letter), dead_letter=True, job_id=out.job_id)
+    return Output(dlq.topic, out.key, encode(letter), dead_letter=True, reason=reason, job_id=out.job_id)
 
 
 Send = Callable[[Output], Awaitable[Awaitable]]  # sends one output; returns its ack future

@@ -1,6 +1,7 @@
 """What a stage sees of a Kafka message and what it asks to be produced."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from schemas import DeadLetter, encode
@@ -36,6 +37,7 @@ class Output:
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
     dead_letter: bool = False  # this output dead-letters an input the stage found invalid
+    reason: str = ""  # why, for a dead-lettering output (the letter's own reason)
     # The input this output answers, and its job: what to dead-letter if it cannot be produced.
     origin: RawRecord | None = None
     job_id: str | None = None
@@ -67,4 +69,16 @@ def _clip(text: str | None) -> str | None:
 
 
 def dead_letter(stage: str, reason: str, record: RawRecord, dlq_topic: str, job_id: str | None = None) -> Output:
-    return Output(dlq_topic, record.key, encode(letter_for(stage, reason, record, job_id)), dead_letter=True)
+    return Output(dlq_topic, record.key, encode(letter_for(stage, reason, record, job_id)), dead_letter=True,
+                  reason=reason)
+
+
+def reason_kind(reason: str) -> str:
+    """A dead letter's reason reduced to its kind, for a metric label (bounded: no ids, no
+    numbers, no quoted input): the text before its first ':' or ';', quoted parts and numbers
+    dropped, at most 60 characters. "message is 1,234 bytes; the limit is …" → "message is N
+    bytes"; "unknown request id 'job:x'" → "unknown request id"."""
+    head = re.sub(r"'[^']*'|\"[^\"]*\"", "", reason)
+    head = re.split(r"[:;]", head, maxsplit=1)[0]
+    head = re.sub(r"\d[\d,._]*", "N", head)
+    return " ".join(head.split())[:60] or "unspecified"

@@ -58,7 +58,7 @@ def build_app(kafka: KafkaSettings, processor: RouterProcessor, *, batch_size: i
     # Embedding is CPU work: the processor runs in a thread, keeping the loop free for
     # heartbeats and fetches.
     stage = Stage(STAGE, lambda records: asyncio.to_thread(processor.process, records), send,
-                  lambda out: out.dead_letter)
+                  lambda out: out.reason if out.dead_letter else None)
 
     # Hot reload: start on the latest published router version, then follow the topic.
     follower = ModelFollower(kafka, processor.swap, processor.router.version)

@@ -23,7 +23,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from streams import metrics
 from streams.config import DlqLimitSettings
-from streams.records import RawRecord
+from streams.records import RawRecord, reason_kind
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Stage(Generic[O]):
     name: str
     process: Callable[[list[RawRecord]], list[O] | Awaitable[list[O]]]
     effect: Callable[[list[O]], Awaitable[None]]
-    is_dead_letter: Callable[[O], bool]  # an output that dead-letters an invalid input
+    dead_letter_reason: Callable[[O], str | None]  # why an output dead-letters its input; None: it does not
 
 
 class DlqLimitExceeded(RuntimeError):
@@ -75,14 +75,16 @@ async def process_batch(stage: Stage[O], records: list[RawRecord], limit: DlqLim
         outputs = stage.process(records)
         if inspect.isawaitable(outputs):
             outputs = await outputs
-        invalid = sum(map(stage.is_dead_letter, outputs))
+        reasons = [r for r in map(stage.dead_letter_reason, outputs) if r]
+        invalid = len(reasons)
         limit.observe(len(records), invalid)
         await stage.effect(outputs)
     except BaseException:
         metrics.BATCH_ERRORS.labels(stage.name).inc()
         raise
     metrics.RECORDS.labels(stage.name).inc(len(records))
-    metrics.DEAD_LETTERS.labels(stage.name).inc(invalid)
+    for reason in reasons:
+        metrics.DEAD_LETTERS.labels(stage.name, reason_kind(reason)).inc()
     metrics.BATCH_SECONDS.labels(stage.name).observe(time.perf_counter() - started)
 
 

@@ -225,7 +225,7 @@ async def run_sink(kafka: KafkaSettings, clickhouse_dsn: str, *, batch_size: int
             rows = check_feedback(rows, known)
         return rows
 
-    stage = Stage(STAGE, process, write, lambda row: row.dead_letter)
+    stage = Stage(STAGE, process, write, lambda row: row.values["reason"] if row.dead_letter else None)
     consumer = make_consumer(kafka, "switchyard-sink", *map(topics.name, SINK_TOPICS))
     await consumer.start()
     try:

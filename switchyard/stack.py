@@ -131,7 +131,9 @@ class Stack:
             deep=True, update={"data_dir": self.settings.data_dir.resolve(), "query_port": free_port()})
         if s.api.enabled and s.api.port == 0:  # chosen once, so a restarted API keeps its address
             s.api = s.api.model_copy(update={"port": free_port()})
-        s.metrics_ports = {name: free_port() for name in ("router", "sink", *(f"worker-{t}" for t in TIERS))}
+        s.metrics_ports = {name: free_port() for name in (
+            "router", "sink", *(f"worker-{t}" for t in TIERS),
+            *(["retrainer"] if s.retrain.enabled else []), *(["api"] if s.api.enabled else []))}
         s.data_dir.mkdir(parents=True, exist_ok=True)
         Keyring(s.secrets_dir).ensure_operator_token()  # before the stages that check it start
         logs = s.data_dir / "logs"

@@ -161,6 +161,7 @@ def run_retrainer(settings: Settings, ready: Ready) -> None:
         retrain_once,
         retrain_options,
     )
+    from streams import metrics
     from switchyard.warehouse import Warehouse, WarehouseError
 
     r = settings.retrain
@@ -187,20 +188,27 @@ def run_retrainer(settings: Settings, ready: Ready) -> None:
             log.warning("retrainer cannot read the feedback count: %s", exc)
             continue
         new = int(row["new_feedback"])
+        metrics.FEEDBACK_SINCE_RETRAIN.set(new)
         waited = row["seconds_since"] if row["seconds_since"] is not None else time.monotonic() - started
         if not retrain_due(r, new, waited, drift["drift"], int(drift["requests"])):
             continue
         log.info("retraining: %d new feedback rows (mix drift %s over %d decisions)", new, drift["drift"],
                  int(drift["requests"]))
+        began = time.perf_counter()
         try:
             summary = retrain_once(settings, retrain_options(settings), settings.kafka, lambda s: log.info(s))
             log.info("retrain verdict: %s %s: %s", summary["verdict"], summary["version"], summary["reason"])
+            outcome = summary["verdict"]
         except RetrainError as exc:
             log.info("no candidate this time: %s", exc)
             not_before = time.monotonic() + r.every_minutes * 60
+            outcome = "no_candidate"
         except Exception:  # a bug in one retrain must not stop the schedule (SystemExit is not one)
             log.exception("retrain failed")
             not_before = time.monotonic() + r.every_minutes * 60
+            outcome = "failed"
+        metrics.RETRAINS.labels(outcome).inc()
+        metrics.RETRAIN_SECONDS.observe(time.perf_counter() - began)
         time.sleep(r.poll_seconds)  # let the sink store the verdict before counting again
 
 

@@ -29,6 +29,12 @@ def _value(samples: dict, name: str, **labels: str) -> float:
     return sum(v for (n, lab), v in samples.items() if n == name and set(want) <= set(lab))
 
 
+def _get(url: str, token: str) -> bytes:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return resp.read()
+
+
 async def _publish_raw(settings, value: bytes) -> None:
     async with producing(settings.kafka) as producer:
         await producer.send_and_wait(settings.kafka.topics.queries, value, key=b"metrics-job:bad")
@@ -37,7 +43,8 @@ async def _publish_raw(settings, value: bytes) -> None:
 def test_each_stage_serves_metrics_that_move_during_a_job(stack):
     s = stack.settings
     info = StackInfo.load(info_path(s))
-    assert set(info.metrics_urls) == {"router", "sink", "worker-small", "worker-medium", "worker-large"}
+    assert set(info.metrics_urls) == {"router", "sink", "worker-small", "worker-medium", "worker-large",
+                                      "retrainer", "api"}
     token = Keyring(s.secrets_dir).operator_token()
     for url in info.metrics_urls.values():
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -50,6 +57,10 @@ def test_each_stage_serves_metrics_that_move_during_a_job(stack):
     lines = [request_line(f"m{i}", f"Say the number {i}.", routing={"pinned_tier": "small"}) for i in range(6)]
     asyncio.run(_publish_raw(s, b'{"request_id": "metrics-job:bad", "body": "not an object"}'))
     run_job(s, lines, "metrics-job")
+    for file_id in ("file-nope-1", "file-nope-2"):  # two ids, one route template, 404 each
+        with pytest.raises(urllib.error.HTTPError):
+            _get(f"{info.api_url}/files/{file_id}", token)
+    _get(f"{info.api_url}/models", token)
     after = {name: _scrape(url, token) for name, url in info.metrics_urls.items()}
 
     def moved(stage: str, name: str, label_stage: str, **labels) -> float:
@@ -58,6 +69,7 @@ def test_each_stage_serves_metrics_that_move_during_a_job(stack):
 
     assert moved("router", "switchyard_records_total", "router") == 7
     assert moved("router", "switchyard_dead_letters_total", "router") == 1
+    assert moved("router", "switchyard_dead_letters_total", "router", reason="invalid request") == 1
     assert moved("worker-small", "switchyard_records_total", "worker.small") == 6
     assert moved("sink", "switchyard_records_total", "sink") >= 6 + 6 + 6  # requests, decisions, results
     assert moved("router", "switchyard_batch_seconds_count", "router") >= 1
@@ -67,6 +79,12 @@ def test_each_stage_serves_metrics_that_move_during_a_job(stack):
     lag = [v for (n, lab), v in after["sink"].items() if n == "switchyard_consumer_lag"]
     assert lag and all(v >= 0 for v in lag)
     assert _value(after["worker-small"], "switchyard_breaker_open", tier="small") == 0
+    assert (_value(after["api"], "switchyard_api_requests_total", route="/v1/files/{file_id}", status="404")
+            - _value(before["api"], "switchyard_api_requests_total", route="/v1/files/{file_id}", status="404")) == 2
+    assert (_value(after["api"], "switchyard_api_requests_total", route="/v1/models", status="200")
+            - _value(before["api"], "switchyard_api_requests_total", route="/v1/models", status="200")) == 1
+    assert not any("file-nope" in dict(lab).get("route", "") for (_, lab) in after["api"])
+    assert ("switchyard_feedback_since_retrain", ()) in after["retrainer"]  # (it polls every 30 s: served, not moved)
     assert json.dumps(info.metrics_urls)  # (StackInfo keeps them for other processes)
 
 

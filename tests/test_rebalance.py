@@ -94,7 +94,7 @@ class Member(threading.Thread):
 
         watcher = asyncio.create_task(watch())
         try:
-            await run_stage(Stage(f"echo-{self.tag}", process, effect, lambda o: False), consumer,
+            await run_stage(Stage(f"echo-{self.tag}", process, effect, lambda o: None), consumer,
                             max_records=100, timeout_ms=200, stop=stop)
         finally:
             watcher.cancel()

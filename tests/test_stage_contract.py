@@ -61,7 +61,8 @@ def test_dlq_limit_stops_before_the_effect():
     async def effect(outputs):
         applied.append(outputs)
 
-    stage = Stage("t", lambda records: [r.value == b"bad" for r in records], effect, lambda bad: bad)
+    stage = Stage("t", lambda records: [r.value == b"bad" for r in records], effect,
+                  lambda bad: "bad input: test" if bad else None)
     limit = DlqLimit(DlqLimitSettings(max_consecutive_count=3), "t")
     good, bad = RawRecord(b"ok", "t", 0, 0), RawRecord(b"bad", "t", 0, 1)
     asyncio.run(process_batch(stage, [bad, bad, good, bad], limit))  # a valid one breaks the run
@@ -78,3 +79,30 @@ def test_dlq_ratio_limit_over_a_window():
         limit.observe(4, 4)  # the last 10 now hold 7 invalid
     unlimited = DlqLimit(DlqLimitSettings(), "t")
     unlimited.observe(1000, 1000)  # off by default: bad input never stops a stage
+
+
+def test_dead_letters_are_counted_by_the_kind_of_their_reason():
+    from prometheus_client import REGISTRY
+
+    from streams.records import reason_kind
+
+    assert reason_kind("message is 1,234,567 bytes; the limit is 1,000,000") == "message is N bytes"
+    assert reason_kind("unknown request id 'job:x'") == "unknown request id"
+    assert reason_kind("not valid JSON: Expecting value: line 1 column 1 (char 0)") == "not valid JSON"
+    assert reason_kind("invalid request: body.messages: Field required") == "invalid request"
+    assert reason_kind("schema_version 'v9' is not supported (this build reads 1)") == \
+        "schema_version is not supported (this build reads N)"
+    assert len(reason_kind("x" * 500)) == 60
+
+    async def effect(outputs):
+        pass
+
+    def count(reason: str) -> float:
+        return REGISTRY.get_sample_value("switchyard_dead_letters_total",
+                                         {"stage": "kinds", "reason": reason}) or 0.0
+
+    reasons = {b"big": "message is 2,048 bytes; the limit is 1,024", b"json": "not valid JSON: line 1"}
+    stage = Stage("kinds", lambda records: [reasons.get(r.value) for r in records], effect, lambda r: r)
+    batch = [RawRecord(v, "t", 0, i) for i, v in enumerate([b"big", b"ok", b"json", b"big"])]
+    asyncio.run(process_batch(stage, batch, DlqLimit(DlqLimitSettings(), "kinds")))
+    assert count("message is N bytes") == 2 and count("not valid JSON") == 1

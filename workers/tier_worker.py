@@ -162,7 +162,7 @@ async def run_tier_worker(processor: TierProcessor, kafka: KafkaSettings, *,
     async def produce(outputs: list[Output]) -> None:
         await produce_all(producer, outputs, dlq=DeadLetterTo(processor.stage, kafka.topics.dlq))
 
-    stage = Stage(processor.stage, processor.process, produce, lambda out: out.dead_letter)
+    stage = Stage(processor.stage, processor.process, produce, lambda out: out.reason if out.dead_letter else None)
     try:
         await run_stage(stage, consumer, max_records=processor.max_in_flight, timeout_ms=500,
                         dlq_limit=dlq_limit, stop=stop, on_ready=on_ready)

@@ -25,6 +25,7 @@ from infra.auth import AuthError, Keyring
 from schemas import QueryRequest, Result, encode
 from schemas.common import HEADER_JOB_ID, HEADER_TENANT, TIERS
 from schemas.validation import describe
+from streams import metrics
 from streams.config import KafkaSettings
 from streams.kafka import make_producer, produce_all
 from streams.records import Output
@@ -100,6 +101,16 @@ def create_app(settings: Settings, kafka: KafkaSettings, served: dict[str, str])
             await producers.pop().stop()
 
     app = FastAPI(title="Switchyard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")  # the template, so ids do not become label values
+        path = getattr(route, "path", "unmatched")
+        metrics.API_REQUESTS.labels(path, str(response.status_code)).inc()
+        metrics.API_SECONDS.labels(path).observe(time.perf_counter() - started)
+        return response
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
