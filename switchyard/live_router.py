@@ -27,10 +27,20 @@ def load_router(settings: Settings):
         except Exception as exc:  # a corrupt arrays.npz or a router.json missing a field: say where
             raise ArtifactError(f"configured router artifact {settings.router.artifact_dir} cannot be "
                                 f"loaded: {type(exc).__name__}: {exc}") from exc
-    try:
-        return load_default()
-    except (ArtifactError, FileNotFoundError) as exc:
-        log.warning("no usable shipped router artifact (%s); using the heuristic router", exc)
+    from router.artifact import DEFAULT_DIR
+
+    if not (DEFAULT_DIR / "router.json").exists() or not (DEFAULT_DIR / "arrays.npz").exists():
+        log.warning("no shipped router artifact at %s; using the heuristic router", DEFAULT_DIR)
+    else:  # present but unreadable: a broken install, never routed around quietly
+        try:
+            return load_default()
+        except ArtifactError as exc:
+            raise ArtifactError(f"the shipped router artifact is broken ({exc}); reinstall Switchyard "
+                                f"or set SWITCHYARD_ROUTER__ARTIFACT_DIR") from exc
+        except Exception as exc:
+            raise ArtifactError(f"the shipped router artifact {DEFAULT_DIR} cannot be loaded: "
+                                f"{type(exc).__name__}: {exc}; reinstall Switchyard or set "
+                                f"SWITCHYARD_ROUTER__ARTIFACT_DIR") from exc
     from router.heuristic import HeuristicRouter
 
     return HeuristicRouter()

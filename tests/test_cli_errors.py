@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import subprocess
 import sys
@@ -98,3 +99,28 @@ def test_submit_wait_that_times_out_exits_nonzero_and_says_so(tmp_path, idle_bro
     assert timed_out == ["timed out after 2s waiting for job slow-job: 0 of 2 answered; "
                          "the rest may still come (`switchyard status slow-job`)"]
     assert out.read_text() == ""  # what arrived (nothing), not a made-up answer
+
+
+def test_up_with_a_stage_that_dies_before_ready_exits_nonzero_and_leaves_nothing_running(tmp_path):
+    """The configured router artifact cannot be loaded, so the stages that read it (the sink for
+    its training mix, the router) exit during start-up: `up` says which stage died, with its
+    log's tail, exits 1 and stops everything it had started."""
+    import shutil
+
+    from router.artifact import DEFAULT_DIR
+    from tests.conftest import processes_with_env
+
+    broken = tmp_path / "broken-router"
+    shutil.copytree(DEFAULT_DIR, broken)
+    (broken / "arrays.npz").write_bytes(b"not an npz archive")
+    env = {**os.environ, "SWITCHYARD_DATA_DIR": str(tmp_path / "sy"), "SWITCHYARD_ROUTER__ARTIFACT_DIR": str(broken),
+           "SWITCHYARD_RETRAIN__ENABLED": "false", "SWITCHYARD_API__ENABLED": "false", "HF_HUB_OFFLINE": "1",
+           "SWITCHYARD_MARKER": str(tmp_path), "COLUMNS": "2000"}
+    proc = subprocess.run([sys.executable, "-m", "switchyard.cli", "up", "--all-tiers-small", "--engine", "inprocess"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    said = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, said
+    assert re.search(r"stack failed: stage (router|sink) exited with code 1", said), said
+    assert f"configured router artifact {broken} cannot be loaded" in said  # the stage's own log tail
+    assert "Switchyard is up" not in said
+    assert processes_with_env(str(tmp_path)) == [], "a failed start left processes behind"

@@ -76,6 +76,20 @@ def test_a_missing_shipped_default_falls_back_to_the_heuristic_with_a_warning(tm
     assert str(missing) in warnings[0].getMessage()
 
 
+@pytest.mark.parametrize("how", ["bad-json", "corrupt-arrays", "missing-field"])
+def test_a_corrupt_shipped_default_fails_loudly_instead_of_routing_with_the_heuristic(tmp_path, monkeypatch,
+                                                                                   how, caplog):
+    """Missing is a slim install (the heuristic, with a warning); present but unreadable is a
+    broken one: the stage must not start routing with some other router."""
+    broken = _broken_copy(tmp_path, how)
+    monkeypatch.setattr(router.artifact, "DEFAULT_DIR", broken)
+    with caplog.at_level(logging.WARNING), pytest.raises(ArtifactError) as info:
+        load_router(lean_settings(tmp_path))
+    assert "shipped router artifact" in str(info.value) and "reinstall" in str(info.value)
+    assert str(broken) in str(info.value)
+    assert "heuristic" not in caplog.text
+
+
 def test_a_configured_artifact_is_never_replaced_by_the_heuristic(tmp_path, monkeypatch):
     """Even with the shipped default missing, a configured directory that is gone is an error."""
     monkeypatch.setattr(router.artifact, "DEFAULT_DIR", tmp_path / "no-such-default")
