@@ -4,6 +4,7 @@ under the prefix, and nothing on the unprefixed names."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -68,7 +69,14 @@ def test_a_job_is_answered_under_a_topic_prefix(prefixed_stack):
     assert all(r.status == "ok" for r in outcome.results.values())
     assert len(outcome.dead_letters) == 1  # read from the prefixed dlq
 
-    topics, committed = asyncio.run(_broker_view(settings.kafka.bootstrap))
+    # the router (faust) commits on an interval, after the results may already be out: wait for it
+    deadline = time.monotonic() + 60
+    while True:
+        topics, committed = asyncio.run(_broker_view(settings.kafka.bootstrap))
+        stored = all(any(committed[PREFIX + g].values()) for g in ("switchyard-router", "switchyard-sink"))
+        if stored or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     expected = {PREFIX + spec.name for spec in all_topics()}
     assert expected <= topics
     assert not {spec.name for spec in all_topics()} & topics  # no unprefixed topic was ever used
