@@ -3,8 +3,12 @@
 Both stages' processors run in-process on real parts (MiniLM + the default router; chDB), at
 two batch sizes side by side in one run, beside their limits measured in the same run: the raw
 encoder over the same texts sorted by length at its best batch size, and one direct bulk insert
-of the same rows with clickhouse-connect. Ratios are written as JSON (`ratios`). No Kafka in the
-loop: this measures the stages' own ceilings, not the broker.
+of the same rows with clickhouse-connect. Ratios are written as JSON (`ratios`). No Kafka in that
+loop: it measures the stages' own ceilings, not the broker.
+
+Then, unless `kafka=False`, the whole path through the broker on a lean stack with the echo
+engine (`switchyard.bench_kafka`): figures under `kafka_path`, with `overhead_ms` and
+`offered_load_rps` copied to the top level.
 """
 from __future__ import annotations
 
@@ -13,23 +17,16 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
 
 from schemas import Result, encode
 from streams.records import RawRecord
+from switchyard.bench_kafka import PROBE_RPS, sample_lines, run as run_kafka_path
 
 
 def _query_records(n: int) -> list[RawRecord]:
-    from importlib.resources import files
-
-    lines = files("switchyard").joinpath("data/sample_job.jsonl").read_text().splitlines()
-    records = []
-    for i in range(n):
-        data = json.loads(lines[i % len(lines)])
-        data["custom_id"] = f"bench-{i}"
-        data["body"]["messages"][0]["content"] += f" (variant {i})"  # defeat any caching
-        records.append(RawRecord(json.dumps(data).encode(), "queries", 0, i,
-                                 headers={"switchyard-job-id": b"bench"}))
-    return records
+    return [RawRecord(line, "queries", 0, i, headers={"switchyard-job-id": b"bench"})
+            for i, line in enumerate(sample_lines(n))]
 
 
 def _result_records(n: int) -> list[RawRecord]:
@@ -77,7 +74,8 @@ def _padded_tokens(encoder, texts: list[str], micro_batch: int) -> dict[str, int
             "budgeted": budgeted}
 
 
-def run(requests: int = 256, sink_rows: int = 2000) -> dict:
+def run(requests: int = 256, sink_rows: int = 2000, *, kafka: bool = True, offered_rps: float = 200.0,
+        seconds: float = 10.0, probes: Iterable[float] = PROBE_RPS) -> dict:
     from infra.clickhouse import apply_schema, connect
     from router.artifact import load_default
     from router.embeddings import embed, embedding_text, load_encoder
@@ -107,7 +105,7 @@ def run(requests: int = 256, sink_rows: int = 2000) -> dict:
         bulk_rate = sink_rows / (time.perf_counter() - started)
         client.close()
     best_encoder = max(encoder_rates.values())
-    return {
+    figures = {
         "router_stage_queries_per_s": {f"batch_{b}": round(v, 1) for b, v in router_rates.items()},
         "router_batching_speedup": round(router_rates[32] / router_rates[1], 2),
         "sink_rows_per_s": {f"batch_{b}": round(v, 1) for b, v in sink_rates.items()},
@@ -119,3 +117,7 @@ def run(requests: int = 256, sink_rows: int = 2000) -> dict:
         "encoder_tokens": _padded_tokens(encoder, texts, 32),
         "requests": requests, "sink_rows": sink_rows,
     }
+    if kafka:
+        path = figures["kafka_path"] = run_kafka_path(offered_rps, seconds, probes)
+        figures["overhead_ms"], figures["offered_load_rps"] = path["overhead_ms"], path["offered_load_rps"]
+    return figures

@@ -37,12 +37,20 @@ app.add_typer(dlq_app, name="dlq")
 @bench_app.command("pipeline")
 def bench_pipeline(requests: int = typer.Option(256, help="Queries through the router stage."),
                    sink_rows: int = typer.Option(2000, help="Rows through the ClickHouse writer."),
+                   offered_rps: float = typer.Option(200.0, min=0.1, help="Kafka path: requests per second offered."),
+                   seconds: float = typer.Option(10.0, min=0.5, help="Kafka path: seconds of offered load."),
+                   kafka: bool = typer.Option(True, "--kafka/--no-kafka",
+                                              help="Also measure the path through Kafka (a lean echo stack)."),
                    json_out: Path = typer.Option(Path("bench-pipeline.json"), "--json")) -> None:
-    """Router and sink stage throughput at two batch sizes, side by side; writes JSON."""
+    """Router and sink stage throughput at two batch sizes, side by side, then the pipeline's own
+    overhead through Kafka with an instant echo engine (docs/performance.md); writes JSON."""
     from switchyard.bench_pipeline import run
 
-    with console.status("measuring the router and sink stages…"):
-        figures = run(requests, sink_rows)
+    if kafka:
+        quiet_kafka_logs()
+    with console.status("measuring the router and sink stages, then the Kafka path…" if kafka
+                        else "measuring the router and sink stages…"):
+        figures = run(requests, sink_rows, kafka=kafka, offered_rps=offered_rps, seconds=seconds)
     json_out.write_text(json.dumps(figures, indent=2))
     out.print_json(json.dumps(figures))
 

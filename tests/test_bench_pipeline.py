@@ -1,16 +1,22 @@
 """The pipeline benchmark runs on real parts and reports what it measured (no timing asserts):
 every input went through each stage at each batch size, each rate is the count over the bench's
 own clock readings, each speedup is the ratio of the two rates it reports, and the sink's rows
-are in ClickHouse."""
+are in ClickHouse. Its Kafka path, on a lean stack with the echo engine, answers every request
+it offers and reports figures that agree with each other."""
+import asyncio
 import json
 import types
 
 import pytest
 
 import infra.clickhouse
+import switchyard.bench_kafka as bench_kafka
 import switchyard.bench_pipeline as bench
 from streams.routing import RouterProcessor
 from streams.sink import ClickHouseWriter
+from workers.config import WorkerSettings
+from workers.engine import EchoEngine, EngineError
+from workers.tiers import build_engine, ensure_all, served_models, served_tier
 
 REQUESTS, SINK_ROWS = 40, 1100  # neither a multiple of its larger batch: the last batch is short
 
@@ -66,7 +72,7 @@ def test_bench_pipeline_measures_every_input_at_both_batch_sizes(monkeypatch):
     monkeypatch.setattr(ClickHouseWriter, "write", write)
     monkeypatch.setattr(infra.clickhouse, "connect", connect)
 
-    figures = bench.run(requests=REQUESTS, sink_rows=SINK_ROWS)
+    figures = bench.run(requests=REQUESTS, sink_rows=SINK_ROWS, kafka=False)
 
     assert figures["requests"] == REQUESTS and figures["sink_rows"] == SINK_ROWS
     # start and end of each timed run, nothing else: router ×2, sink ×2, the encoder at each batch
@@ -122,3 +128,58 @@ def test_bench_pipeline_measures_every_input_at_both_batch_sizes(monkeypatch):
         ratio = reported[large] / reported[small]
         slack = ratio * (0.05 / reported[large] + 0.05 / reported[small]) * 1.01 + 0.005
         assert figures[f"{stage}_batching_speedup"] == pytest.approx(ratio, abs=slack), stage
+
+
+def test_echo_engine_needs_no_model_and_echoes_the_last_user_message(tmp_path):
+    workers = WorkerSettings(engine="echo", model_dir=tmp_path / "no-models-here")
+    for tier in ("small", "medium", "large"):
+        served = served_tier(tier, workers)
+        assert (served.engine, served.spec, served.name) == ("echo", None, "echo")
+    assert ensure_all(workers) == {}  # nothing to fetch: no model file is looked for
+    assert served_models(workers) == {"small": "echo", "medium": "echo", "large": "echo"}
+    engine = build_engine("large", workers)
+    assert isinstance(engine, EchoEngine)
+    assert not (tmp_path / "no-models-here").exists()
+
+    prompt = "please repeat " * 20
+    body = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first"},
+                         {"role": "assistant", "content": "ok"}, {"role": "user", "content": prompt}]}
+    answer = asyncio.run(engine.chat(body))
+    assert answer["object"] == "chat.completion" and answer["model"] == "echo"
+    assert answer["choices"][0]["message"] == {"role": "assistant", "content": prompt[:engine.max_chars]}
+    assert len(prompt) > engine.max_chars  # truncated
+    words = len(" ".join(m["content"] for m in body["messages"]).split())
+    assert answer["usage"] == {"prompt_tokens": words, "completion_tokens": 1, "total_tokens": words + 1}
+    with pytest.raises(EngineError) as refused:
+        asyncio.run(engine.chat({"messages": []}))
+    assert refused.value.status == 400
+
+
+def test_kafka_figures_are_counted_over_the_requests_and_the_steady_window():
+    submitted = {"a": 10.0, "b": 10.5, "c": 11.0, "d": 12.0}
+    arrived = {"a": (10.02, "ok"), "b": (10.6, "ok"), "c": (12.5, "error"), "other": (10.1, "ok")}
+    fig = bench_kafka.figures(4.0, submitted, arrived)
+    assert (fig["submitted"], fig["answered"], fig["lost"], fig["errors"]) == (4, 3, 1, 1)
+    assert fig["overhead_ms"] == {"p50": 100.0, "p90": 1500.0, "p99": 1500.0, "max": 1500.0}
+    assert fig["achieved_rps"] == 1.0  # a and b arrived within the 2 s from the first submit to the last
+    assert fig["published_rps"] == 1.5
+    assert bench_kafka.figures(4.0, submitted, {})["overhead_ms"] is None
+
+
+def test_bench_pipeline_kafka_path_answers_every_request_it_offers():
+    rps, seconds, probe = 20.0, 2.0, 10.0
+    figures = bench.run(requests=8, sink_rows=20, offered_rps=rps, seconds=seconds, probes=(probe, 40.0))
+
+    assert set(figures["ratios"]) == {"router_vs_encoder", "sink_vs_bulk_insert"}  # the in-process part, kept
+    path = figures["kafka_path"]
+    assert figures["overhead_ms"] == path["overhead_ms"] and figures["offered_load_rps"] == path["offered_load_rps"] == rps
+    assert [p["offered_load_rps"] for p in path["probes"]] == [probe]  # only the loads below the offered one
+    for run, load in ((path, rps), *((p, p["offered_load_rps"]) for p in path["probes"])):
+        assert run["submitted"] == round(load * seconds)
+        assert run["answered"] == run["submitted"] and run["lost"] == 0 and run["errors"] == 0, run
+        o = run["overhead_ms"]
+        assert 0 < o["p50"] <= o["p90"] <= o["p99"] <= o["max"], o
+        assert 0 < run["achieved_rps"] <= load * 1.5, run
+        assert 0 < run["published_rps"] <= load * 1.5, run
+    met = [r["offered_load_rps"] for r in (*path["probes"], path) if r["overhead_ms"]["p99"] <= path["p99_goal_ms"]]
+    assert path["sustainable_rps"] == (max(met) if met else None)

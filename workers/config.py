@@ -64,8 +64,9 @@ class BreakerSettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
-    # "serve": the tier worker calls a Ray Serve deployment; "inprocess": loads the model itself.
-    engine: Literal["serve", "inprocess"] = "serve"
+    # "serve": the tier worker calls a Ray Serve deployment; "inprocess": loads the model itself;
+    # "echo": no model at all, an instant echo of the prompt (benchmarks of the pipeline itself).
+    engine: Literal["serve", "inprocess", "echo"] = "serve"
     # Lean mode for tests: every tier is served by the small tier's model (and its settings).
     all_tiers_small: bool = False
     max_tokens_cap: int = 256

@@ -3,6 +3,7 @@
 - :class:`XllamacppEngine` runs a GGUF in-process with xllamacpp (llama.cpp server, continuous
   batching over ``n_parallel`` slots; calls release the GIL and run in a thread).
 - :class:`workers.serve.ServeEngine` calls a Ray Serve deployment that wraps one of those.
+- :class:`EchoEngine` answers at once with the prompt, no model: for benchmarks of the pipeline.
 
 ``workers.tiers.build_engine(tier, workers)`` picks one for a tier.
 """
@@ -14,6 +15,10 @@ import secrets
 import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from pydantic import ValidationError
+
+from schemas.messages import ChatCompletionBody
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +191,35 @@ class XllamacppEngine:
 
     def __repr__(self) -> str:
         return f"XllamacppEngine({self.name!r}, {self.gguf_path.name}, slots={self.n_parallel})"
+
+
+class EchoEngine:
+    """For benchmarks only: answers every request at once, with no model, by echoing the last
+    user message (truncated to ``max_chars``), so that what a request spends in the stack is the
+    pipeline's own overhead (broker, router, worker) and not a model's. ``switchyard bench
+    pipeline`` runs the stack with it (``settings.workers.engine = "echo"``). Usage counts the
+    prompt's words as its tokens and one completion token."""
+
+    name = "echo"
+
+    def __init__(self, max_chars: int = 64, max_tokens_cap: int = 256):
+        self.max_chars = max_chars
+        self.max_tokens_cap = max_tokens_cap
+
+    async def chat(self, body: dict) -> dict:
+        prepare_body(body, self.max_tokens_cap)  # the same 400s as a real engine
+        try:
+            parsed = ChatCompletionBody.model_validate(body)
+        except ValidationError as e:
+            raise EngineError(str(e), status=400, type="invalid_request_error") from e
+        words = len(parsed.prompt_text().split())
+        return {
+            "id": f"chatcmpl-echo-{secrets.token_hex(6)}", "object": "chat.completion",
+            "created": int(time.time()), "model": self.name,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": parsed.last_user_text()[: self.max_chars]}}],
+            "usage": {"prompt_tokens": words, "completion_tokens": 1, "total_tokens": words + 1},
+        }
+
+    def __repr__(self) -> str:
+        return "EchoEngine()"

@@ -10,23 +10,25 @@ from typing import Any, Iterable, Literal
 
 from schemas.common import TIERS, Tier
 from workers.config import TierModel, WorkerSettings
-from workers.engine import Engine, XllamacppEngine
+from workers.engine import EchoEngine, Engine, XllamacppEngine
 from workers.models import ModelSpec, ensure_model, get_spec
 
-EngineKind = Literal["endpoint", "inprocess", "serve"]
+EngineKind = Literal["endpoint", "inprocess", "serve", "echo"]
 
 
 @dataclass(frozen=True)
 class ServedTier:
     tier: str
     model: TierModel  # name, slots, threads, prices, endpoint
-    spec: ModelSpec | None  # the local GGUF; None when an endpoint serves the tier
+    spec: ModelSpec | None  # the local GGUF; None when an endpoint (or the echo engine) serves the tier
     engine: EngineKind
     max_tokens_cap: int = 256  # the engines cap max_tokens at this (settings.workers.max_tokens_cap)
 
     @property
     def name(self) -> str:
         """The model name recorded on decisions and results."""
+        if self.engine == "echo":
+            return EchoEngine.name
         if self.spec is not None:
             return self.spec.name
         return self.model.endpoint_model or self.model.name
@@ -42,11 +44,14 @@ class ServedTier:
 
 
 def served_tier(tier: str, workers: WorkerSettings) -> ServedTier:
-    """The model serving `tier`: its own TierModel, or the small tier's under all_tiers_small."""
+    """The model serving `tier`: its own TierModel, or the small tier's under all_tiers_small.
+    Under the echo engine (benchmarks) no model serves any tier: no spec, no file to ensure."""
     key = "small" if workers.all_tiers_small else tier
     model = workers.models.get(key)
     if model is None:
         raise KeyError(f"no model configured for tier {key!r} (settings.workers.models)")
+    if workers.engine == "echo":
+        return ServedTier(tier, model, None, "echo", workers.max_tokens_cap)
     if model.endpoint:
         return ServedTier(tier, model, None, "endpoint", workers.max_tokens_cap)
     return ServedTier(tier, model, get_spec(model.name), workers.engine, workers.max_tokens_cap)
@@ -66,7 +71,7 @@ def price_table(workers: WorkerSettings, tiers: Iterable[str] = TIERS) -> dict[s
 def engine_kwargs(served: ServedTier, workers: WorkerSettings) -> dict[str, Any]:
     """XllamacppEngine's constructor arguments for a locally served tier (model ensured on disk)."""
     if served.spec is None:
-        raise ValueError(f"tier {served.tier} is served by an endpoint, not a local model")
+        raise ValueError(f"tier {served.tier} is served by {served.engine}, not a local model")
     m = served.model
     return dict(gguf_path=str(ensure_model(served.spec, workers.model_dir)), model_name=served.name,
                 n_ctx=m.context_tokens, n_parallel=m.parallel_slots, threads=m.threads,
@@ -74,9 +79,11 @@ def engine_kwargs(served: ServedTier, workers: WorkerSettings) -> dict[str, Any]
 
 
 def build_engine(tier: str, workers: WorkerSettings) -> Engine:
-    """The engine for `tier`: an OpenAI-compatible endpoint, xllamacpp in-process, or a handle
-    to the tier's Ray Serve deployment."""
+    """The engine for `tier`: an OpenAI-compatible endpoint, xllamacpp in-process, a handle
+    to the tier's Ray Serve deployment, or the echo engine (benchmarks)."""
     served = served_tier(tier, workers)
+    if served.engine == "echo":
+        return EchoEngine(max_tokens_cap=workers.max_tokens_cap)
     if served.engine == "endpoint":
         from workers.openai_engine import OpenAIEngine
 
@@ -96,10 +103,12 @@ def address_file(workers: WorkerSettings) -> Path:
 
 
 def serve_tiers(workers: WorkerSettings, tiers: Iterable[Tier] = TIERS):
-    """Start Ray Serve with one deployment per locally served tier (see workers.serve)."""
+    """Start Ray Serve with one deployment per tier it serves (see workers.serve); a tier served
+    by an endpoint or the echo engine has none."""
     from workers.serve import start_serve
 
-    kwargs = {t: engine_kwargs(served_tier(t, workers), workers) for t in tiers}  # ensures the models
+    served = [served_tier(t, workers) for t in tiers]
+    kwargs = {s.tier: engine_kwargs(s, workers) for s in served if s.engine == "serve"}  # ensures the models
     return start_serve(kwargs, ray_temp_dir=workers.ray_temp_dir, ray_num_cpus=workers.ray_num_cpus)
 
 
